@@ -1,0 +1,1 @@
+"""HTTP: the app factory, routes, thin handlers, error rendering and auth."""

@@ -1,0 +1,65 @@
+"""The app factory: wires store, engine, backends and routes together for one settings object."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from overnight.api.auth import RateLimiter
+from overnight.api.errors import handle_http_exception, handle_overnight_error, handle_unexpected
+from overnight.api.middleware import RequestIdMiddleware
+from overnight.api.routes import Context, routes
+from overnight.config import Settings
+from overnight.engine import Scheduler
+from overnight.engine.calls import BackendCaller, BackendRouter, RetryPolicy
+from overnight.exceptions import OvernightError
+from overnight.service import BatchService
+from overnight.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, router: BackendRouter) -> Starlette:
+    """An ASGI app that owns its store and engine for the length of its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = Store(settings.resolved_database_url())
+        store.migrate()
+        scheduler = Scheduler(
+            store,
+            BackendCaller(router, RetryPolicy()),
+            concurrency=settings.concurrency,
+            lease_seconds=settings.lease_seconds,
+            sweep_interval_seconds=settings.sweep_interval_seconds,
+            results_retention_seconds=settings.results_retention_seconds,
+            reclaim_all_leases_on_start=store.is_sqlite,
+        )
+        app.state.context = Context(
+            settings=settings,
+            batches=BatchService(store, settings, scheduler),
+            rate_limiter=RateLimiter(settings.rate_limit_per_minute),
+        )
+        await scheduler.start()
+        try:
+            yield
+        finally:
+            await scheduler.stop()
+            await router.aclose()
+            store.close()
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={
+            OvernightError: handle_overnight_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        lifespan=lifespan,
+    )

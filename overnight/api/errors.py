@@ -1,0 +1,51 @@
+"""Rendering errors into the API's envelope: the one place exceptions become responses."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from overnight.api.responses import json_response
+from overnight.exceptions import InvalidRequestError, NotFoundError, OvernightError
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(request: Request, error: OvernightError) -> Response:
+    request_id = request.scope.get("overnight.request_id")
+    body = {
+        "type": "error",
+        "error": {"type": error.error_type, "message": error.message},
+        "request_id": request_id,
+    }
+    headers = {"request-id": request_id} if request_id else {}
+    if error.retry_after_seconds is not None:
+        headers["retry-after"] = str(max(1, round(error.retry_after_seconds)))
+    return json_response(body, status_code=error.status_code, headers=headers)
+
+
+async def handle_overnight_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OvernightError)
+    return error_response(request, exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(request, NotFoundError(f"Not found: {request.method} {request.url.path}"))
+    if exc.status_code == 405:
+        error = InvalidRequestError(f"Method {request.method} is not allowed on {request.url.path}")
+        error.status_code = 405
+        return error_response(request, error)
+    error = OvernightError(exc.detail)
+    error.status_code = exc.status_code
+    error.error_type = "invalid_request_error" if exc.status_code < 500 else "api_error"
+    return error_response(request, error)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(request, OvernightError("Internal server error"))

@@ -1,0 +1,1 @@
+"""Model backends: each turns validated Messages params into a Message, behind `Backend`."""

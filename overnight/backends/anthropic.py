@@ -1,0 +1,64 @@
+"""Forward each request to an upstream Anthropic Messages API (`POST {base_url}/v1/messages`).
+
+The params go out as the client sent them (`forwardable()`, `stream: false`), and the upstream's
+Message comes back unchanged except for two documented touches:
+
+- `usage.service_tier` becomes `"batch"`: the client receives the Message as a batch result, and the
+  real Batches API reports that tier there.
+- When this backend renames the model upstream (`upstream_model`), the Message's `model` echoes the
+  name the client asked for, so results are attributable to the request's own model. Without a rename
+  the upstream's value is kept (the real API may resolve an alias to a dated name; so may we).
+"""
+
+from __future__ import annotations
+
+from overnight.backends.upstream_http import endpoint, make_client, post_json
+from overnight.exceptions import ApiError
+from overnight.protocol.messages import MessageCreateParams
+from overnight.protocol.results import Message
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class AnthropicBackend:
+    def __init__(
+        self,
+        *,
+        base_url: str = "https://api.anthropic.com",
+        api_key: str | None = None,
+        upstream_model: str | None = None,
+        timeout_seconds: float = 600.0,
+        max_concurrency: int | None = None,
+        name: str = "anthropic",
+    ) -> None:
+        self.name = name
+        self.max_concurrency = max_concurrency
+        self.upstream_model = upstream_model
+        self._url = endpoint(base_url, "messages")
+        self._api_key = api_key
+        self._client = make_client(timeout_seconds=timeout_seconds, max_concurrency=max_concurrency)
+
+    async def create_message(self, params: MessageCreateParams) -> Message:
+        body = params.forwardable()
+        body["stream"] = False
+        if self.upstream_model is not None:
+            body["model"] = self.upstream_model
+
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        if self._api_key:
+            headers["x-api-key"] = self._api_key
+        if params.betas:
+            headers["anthropic-beta"] = ",".join(params.betas)
+
+        result = await post_json(self._client, self._url, body=body, headers=headers, upstream=self.name)
+        if result.get("type") != "message":
+            raise ApiError(f"{self.name} answered with a {result.get('type')!r} object, not a message")
+        if self.upstream_model is not None:
+            result["model"] = params.model
+        usage = result.get("usage")
+        if isinstance(usage, dict):
+            usage["service_tier"] = "batch"
+        return result
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

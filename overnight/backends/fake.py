@@ -1,0 +1,71 @@
+"""A deterministic backend for tests and benchmarks: it echoes the last user message.
+
+The reply is the text of the last user message (string content, or its text blocks joined by a
+space); cut before the first stop sequence found (`stop_sequence`), else cut to `max_tokens` words
+(`max_tokens`), else `end_turn`. Usage counts whitespace-separated words (at least 1 each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from overnight.protocol.messages import MessageCreateParams, text_of
+from overnight.protocol.results import Message, message, text_block
+
+
+class FakeBackend:
+    name = "fake"
+    max_concurrency: int | None = None
+
+    def __init__(self, *, latency_seconds: float = 0.0) -> None:
+        self.latency_seconds = latency_seconds
+
+    async def create_message(self, params: MessageCreateParams) -> Message:
+        if self.latency_seconds > 0:
+            await asyncio.sleep(self.latency_seconds)
+        return reply_to(params)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def reply_to(params: MessageCreateParams) -> Message:
+    """The fake backend's whole semantics, as a pure function."""
+    last_user = next((m for m in reversed(params.messages) if m.role == "user"), None)
+    reply = text_of(last_user.content) if last_user else ""
+    stop_reason, stop_sequence = "end_turn", None
+
+    first_match = _first_stop_sequence(reply, params.stop_sequences or [])
+    if first_match is not None:
+        cut, stop_sequence = first_match
+        reply, stop_reason = reply[:cut], "stop_sequence"
+    else:
+        words = reply.split()
+        if len(words) > params.max_tokens:
+            reply, stop_reason = " ".join(words[: params.max_tokens]), "max_tokens"
+
+    return message(
+        model=params.model,
+        content=[text_block(reply)],
+        stop_reason=stop_reason,
+        stop_sequence=stop_sequence,
+        input_tokens=max(1, _input_words(params)),
+        output_tokens=max(1, len(reply.split())),
+    )
+
+
+def _first_stop_sequence(text: str, stop_sequences: list[str]) -> tuple[int, str] | None:
+    """The earliest match in `text` (ties go to the sequence listed first), as (index, sequence)."""
+    best: tuple[int, str] | None = None
+    for sequence in stop_sequences:
+        if not sequence:
+            continue
+        index = text.find(sequence)
+        if index != -1 and (best is None or index < best[0]):
+            best = (index, sequence)
+    return best
+
+
+def _input_words(params: MessageCreateParams) -> int:
+    system = params.system if isinstance(params.system, str) else text_of(params.system or [])
+    return len(system.split()) + sum(len(text_of(m.content).split()) for m in params.messages)

@@ -1,0 +1,40 @@
+"""Any OpenAI-compatible chat-completions server (`POST {base_url}/v1/chat/completions`) as a backend.
+
+vLLM, llama.cpp's server, llama-cpp-python's server, Ollama, LM Studio, OpenAI itself: the request
+is translated faithfully (`openai_translation`), sent once, and the completion translated back.
+Refusals happen before any network traffic; upstream failures map as for the Anthropic backend.
+"""
+
+from __future__ import annotations
+
+from overnight.backends.openai_translation import from_chat_completion, to_chat_completion
+from overnight.backends.upstream_http import endpoint, make_client, post_json
+from overnight.protocol.messages import MessageCreateParams
+from overnight.protocol.results import Message
+
+
+class OpenAIBackend:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None = None,
+        upstream_model: str | None = None,
+        timeout_seconds: float = 600.0,
+        max_concurrency: int | None = None,
+        name: str = "openai",
+    ) -> None:
+        self.name = name
+        self.max_concurrency = max_concurrency
+        self.upstream_model = upstream_model
+        self._url = endpoint(base_url, "chat/completions")
+        self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = make_client(timeout_seconds=timeout_seconds, max_concurrency=max_concurrency)
+
+    async def create_message(self, params: MessageCreateParams) -> Message:
+        body = to_chat_completion(params, model=self.upstream_model)
+        data = await post_json(self._client, self._url, body=body, headers=self._headers, upstream=self.name)
+        return from_chat_completion(data, params)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,108 @@
+"""The command line: `overnight serve` (also `python -m overnight serve`)."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import sys
+from pathlib import Path
+from typing import IO
+
+import click
+import uvicorn
+
+from overnight.config import Settings, api_keys_from_environment, parse_api_keys
+
+logger = logging.getLogger("overnight")
+
+
+@click.group()
+@click.version_option(package_name="overnight")
+def main() -> None:
+    """overnight: a self-hosted server for Anthropic's Message Batches API."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--data-dir", default="overnight-data", show_default=True, type=click.Path(path_type=Path),
+              help="Directory for the SQLite database and any other state.")
+@click.option("--database", "database_url", default=None,
+              help="SQLAlchemy database URL; overrides the SQLite file in --data-dir.")
+@click.option("--backend", default="fake", show_default=True,
+              help="Backend that serves every model (fake).")
+@click.option("--fake-latency-ms", default=0.0, show_default=True, type=float,
+              help="Latency the fake backend adds to each request.")
+@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Requests run at once across all backends.")
+@click.option("--api-key", "api_keys", multiple=True, metavar="KEY[:WORKSPACE]",
+              help="Accepted API key and its workspace (repeatable; also OVERNIGHT_API_KEYS, "
+                   "comma-separated). With none, any key is accepted.")
+@click.option("--max-body-bytes", default=256 * 1024 * 1024, show_default=True, type=click.IntRange(min=1),
+              help="Largest create-batch body.")
+@click.option("--max-requests", default=100_000, show_default=True, type=click.IntRange(min=1),
+              help="Most requests in one batch.")
+@click.option("--batch-ttl", "batch_ttl_seconds", default=86_400.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help="Seconds until a batch expires.")
+@click.option("--results-retention", "results_retention_seconds", default=29 * 86_400.0,
+              show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds after creation until results are archived.")
+@click.option("--public-url", default=None, help="Base URL for results_url (default: as the request came in).")
+@click.option("--lease-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="How long a worker's claim on a request lasts without renewal.")
+@click.option("--sweep-interval", "sweep_interval_seconds", default=1.0, show_default=True,
+              type=click.FloatRange(min=0.01), help="Seconds between expiry/archival/lease sweeps.")
+@click.option("--rate-limit-rpm", "rate_limit_per_minute", default=0, show_default=True,
+              type=click.IntRange(min=0), help="Batch-endpoint calls per workspace per minute (0: off).")
+@click.option("--max-queued-requests", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Unfinished requests per workspace before create answers 429 (0: off).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(log_level: str, api_keys: tuple[str, ...], public_url: str | None, **options: object) -> None:
+    """Start the server on its embedded defaults (SQLite in --data-dir)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    settings = Settings(
+        api_keys=parse_api_keys([*api_keys_from_environment(), *api_keys]),
+        public_url=public_url.rstrip("/") if public_url else None,
+        **options,  # type: ignore[arg-type]
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_data_dir(settings) if settings.database_url is None else None
+    from overnight.api.app import create_app
+    from overnight.backends.factory import router_from_settings
+
+    if settings.open_mode:
+        logger.warning("no API keys configured: accepting any key (one workspace, 'default')")
+    app = create_app(settings, router_from_settings(settings))
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=log_level,
+        access_log=log_level == "debug",
+        timeout_graceful_shutdown=10,
+    )
+    logger.info("overnight serving on http://%s:%d (data in %s)", settings.host, settings.port,
+                settings.data_dir.resolve())
+    server = uvicorn.Server(config)
+    server.run()
+    if lock is not None:
+        lock.close()
+    if not server.started:
+        sys.exit(1)
+
+
+def _lock_data_dir(settings: Settings) -> IO[str]:
+    """One server per SQLite data dir: leases are reclaimed at start on that assumption."""
+    lock = (settings.data_dir / "overnight.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise click.ClickException(
+            f"another overnight server is using {settings.data_dir}; use a different --data-dir"
+        ) from None
+    return lock

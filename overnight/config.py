@@ -1,0 +1,63 @@
+"""One frozen settings object, built from flags and the environment, passed down from the CLI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_WORKSPACE = "default"
+API_KEYS_ENV = "OVERNIGHT_API_KEYS"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("overnight-data")
+    database_url: str | None = None
+    backend: str = "fake"
+    config_file: Path | None = None
+    fake_latency_ms: float = 0.0
+    concurrency: int = 32
+    api_keys: Mapping[str, str] = field(default_factory=dict)
+    """API key → workspace. Empty means open mode: any key, one default workspace."""
+    max_body_bytes: int = 256 * 1024 * 1024
+    max_requests: int = 100_000
+    batch_ttl_seconds: float = 86_400.0
+    results_retention_seconds: float = 29 * 86_400.0
+    public_url: str | None = None
+    lease_seconds: float = 60.0
+    sweep_interval_seconds: float = 1.0
+    rate_limit_per_minute: int = 0
+    """Batch-endpoint calls per workspace per minute; 0 turns the limit off."""
+    max_queued_requests: int = 0
+    """Requests waiting per workspace before create answers 429; 0 turns the limit off."""
+
+    @property
+    def open_mode(self) -> bool:
+        return not self.api_keys
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'overnight.sqlite3').resolve()}"
+
+
+def parse_api_keys(values: Iterable[str]) -> dict[str, str]:
+    """`KEY[:WORKSPACE]` items (comma-separated lists allowed) → {key: workspace}."""
+    keys: dict[str, str] = {}
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, _, workspace = item.partition(":")
+            keys[key] = workspace or DEFAULT_WORKSPACE
+    return keys
+
+
+def api_keys_from_environment() -> list[str]:
+    value = os.environ.get(API_KEYS_ENV, "")
+    return [value] if value else []

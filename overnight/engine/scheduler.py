@@ -1,0 +1,293 @@
+"""The scheduler: lease fairly, run under the concurrency limit, write results in groups.
+
+Tasks, all on the event loop:
+- the feeder keeps a small buffer of leased requests, leasing an equal share from every in-progress
+  batch per round (so a 10-request batch is not starved behind a 100k one) and interleaving them;
+- `concurrency` workers take from the buffer, validate params, call the routed backend;
+- the writer flushes finished outcomes in one transaction per group (every few ms or N results);
+- the renewer extends the leases of everything this process holds;
+- the sweeper (see `sweeper.py`) expires, archives and recovers lapsed leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import defaultdict
+from itertools import chain, zip_longest
+
+from overnight.engine.calls import BackendCaller
+from overnight.engine.sweeper import Sweeper
+from overnight.exceptions import ApiError, OvernightError
+from overnight.protocol.messages import parse_params
+from overnight.protocol.results import errored_line, succeeded_line
+from overnight.store import Completion, LeasedRequest, Store
+from overnight.store.records import CANCELED, CANCELING, ERRORED, IN_PROGRESS, SUCCEEDED
+from overnight.timestamps import MICROS, now_micros
+
+logger = logging.getLogger(__name__)
+
+_FLUSH_SIZE = 1000
+_FLUSH_INTERVAL_SECONDS = 0.02
+_MAX_UNWRITTEN = 20_000
+_MAX_BATCHES_PER_ROUND = 64
+_MAX_BUFFER = 4096
+_IDLE_POLL_SECONDS = 0.5
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        caller: BackendCaller,
+        *,
+        concurrency: int,
+        lease_seconds: float,
+        sweep_interval_seconds: float,
+        results_retention_seconds: float,
+        max_lease_attempts: int = 5,
+        reclaim_all_leases_on_start: bool,
+        shutdown_grace_seconds: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.caller = caller
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.max_lease_attempts = max_lease_attempts
+        self.reclaim_all_leases_on_start = reclaim_all_leases_on_start
+        self.shutdown_grace_seconds = shutdown_grace_seconds
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.sweeper = Sweeper(
+            store,
+            self,
+            interval_seconds=sweep_interval_seconds,
+            retention_micros=int(results_retention_seconds * MICROS),
+        )
+
+        self._buffer: asyncio.Queue[LeasedRequest | None] = asyncio.Queue()
+        self._held: dict[int, LeasedRequest] = {}  # leased by us and not yet written back
+        self._unwritten: list[Completion] = []
+        self._batch_status: dict[int, str] = {}  # status of every batch that has not ended
+        self._wake = asyncio.Event()
+        self._flush_now = asyncio.Event()
+        self._writer_stop = False
+        self._stopping = False
+        self._next_batch = 0
+        self._rate_per_second = 0.0
+        self._last_flush_at = time.perf_counter()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.completed = 0
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        active = await self.store.active_batches()
+        if self.reclaim_all_leases_on_start:
+            # Only this process uses this database, so every running request was orphaned by a crash.
+            recovered = await self.store.recover_expired_leases([seq for seq, _ in active], 2**62)
+            if recovered:
+                logger.info("recovered %d requests left running by a previous process", recovered)
+        self._batch_status = dict(active)
+        self._writer = asyncio.create_task(self._write_loop(), name="overnight-writer")
+        self._tasks = [
+            asyncio.create_task(self._feed_loop(), name="overnight-feeder"),
+            asyncio.create_task(self._renew_loop(), name="overnight-renewer"),
+            asyncio.create_task(self.sweeper.run(), name="overnight-sweeper"),
+        ]
+        self._workers = [
+            asyncio.create_task(self._work_loop(), name=f"overnight-worker-{n}")
+            for n in range(self.concurrency)
+        ]
+
+    async def stop(self) -> None:
+        """Stop leasing, let running calls finish for a bounded time, hand everything else back."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        unstarted: list[int] = []
+        while not self._buffer.empty():
+            item = self._buffer.get_nowait()
+            if item is not None:
+                unstarted.append(item.id)
+        for _ in self._workers:
+            self._buffer.put_nowait(None)
+        _, still_running = await asyncio.wait(self._workers, timeout=self.shutdown_grace_seconds)
+        for task in still_running:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._writer_stop = True
+        self._flush_now.set()
+        if self._writer is not None:
+            await self._writer
+        interrupted = [request_id for request_id in self._held if request_id not in set(unstarted)]
+        await self.store.release_requests(unstarted, owner=self.owner, started=False)
+        await self.store.release_requests(interrupted, owner=self.owner, started=True)
+        if interrupted:
+            logger.info("handed back %d interrupted requests; they will run again", len(interrupted))
+
+    # --- what the service and the sweeper tell us -----------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def batch_canceled(self, batch_seq: int) -> None:
+        self._batch_status[batch_seq] = CANCELING
+
+    def observe_active_batches(self, active: list[tuple[int, str]]) -> None:
+        """Take the store's view of unfinished batches; one missing from it has ended (e.g. expired).
+
+        A batch never goes back from canceling, so a cancel we heard of after that read is kept.
+        """
+        previous = self._batch_status
+        self._batch_status = {
+            seq: CANCELING if previous.get(seq) == CANCELING else status for seq, status in active
+        }
+
+    # --- feeding ------------------------------------------------------------------------------
+
+    def _buffer_target(self) -> int:
+        # Enough buffered work for ~0.25 s at the current rate, never less than two per worker.
+        return max(2 * self.concurrency, min(_MAX_BUFFER, int(self._rate_per_second / 4)))
+
+    async def _feed_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            leased = 0
+            if self._buffer.qsize() < self._buffer_target() // 2 + 1:
+                try:
+                    leased = await self._lease_round()
+                except Exception:
+                    logger.exception("leasing failed; trying again shortly")
+                    await asyncio.sleep(1)
+            if leased:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_SECONDS)
+
+    async def _lease_round(self) -> int:
+        active = await self.store.active_batches()
+        self.observe_active_batches(active)
+        in_progress = [seq for seq, status in active if status == IN_PROGRESS]
+        want = self._buffer_target() - self._buffer.qsize()
+        if not in_progress or want <= 0:
+            return 0
+        # Rotate the starting batch so that, with more batches than one round asks, all get turns.
+        count = min(len(in_progress), _MAX_BATCHES_PER_ROUND)
+        start = self._next_batch % len(in_progress)
+        self._next_batch = start + count
+        chosen = (in_progress[start:] + in_progress[:start])[:count]
+        share = -(-want // count)
+        leased = await self.store.lease_requests(
+            [(seq, share) for seq in chosen],
+            owner=self.owner,
+            lease_until=now_micros() + int(self.lease_seconds * MICROS),
+        )
+        by_batch: dict[int, list[LeasedRequest]] = defaultdict(list)
+        for item in leased:
+            self._held[item.id] = item
+            by_batch[item.batch_seq].append(item)
+        # Interleave batches so workers alternate between them instead of draining one first.
+        for item in chain.from_iterable(zip_longest(*by_batch.values())):
+            if item is not None:
+                self._buffer.put_nowait(item)
+        return len(leased)
+
+    # --- working ------------------------------------------------------------------------------
+
+    async def _work_loop(self) -> None:
+        while True:
+            item = await self._buffer.get()
+            if item is None:
+                return
+            if self._buffer.qsize() < self._buffer_target() // 2:
+                self._wake.set()
+            while len(self._unwritten) >= _MAX_UNWRITTEN:
+                await asyncio.sleep(_FLUSH_INTERVAL_SECONDS)
+            completion = await self._run(item)
+            if completion is None:
+                self._held.pop(item.id, None)
+            else:
+                self._unwritten.append(completion)
+                if len(self._unwritten) >= _FLUSH_SIZE:
+                    self._flush_now.set()
+
+    async def _run(self, item: LeasedRequest) -> Completion | None:
+        status = self._batch_status.get(item.batch_seq)
+        if status is None:
+            return None  # the batch ended (expired) while this waited; its outcome is already stored
+        if status == CANCELING:
+            return Completion(item.id, item.batch_seq, item.attempt, CANCELED, None)
+        if item.attempt > self.max_lease_attempts:
+            return self._errored(
+                item,
+                ApiError(f"Request abandoned after {self.max_lease_attempts} attempts: "
+                         "the worker running it stopped each time"),
+            )
+        try:
+            params = parse_params(item.params)
+            message = await self.caller.call(params)
+        except OvernightError as error:
+            return self._errored(item, error)
+        except Exception:
+            logger.exception("request %s of batch %s failed unexpectedly", item.custom_id, item.batch_seq)
+            return self._errored(item, ApiError("Internal error while running this request"))
+        return Completion(
+            item.id, item.batch_seq, item.attempt, SUCCEEDED, succeeded_line(item.custom_id, message)
+        )
+
+    @staticmethod
+    def _errored(item: LeasedRequest, error: OvernightError) -> Completion:
+        line = errored_line(item.custom_id, error.error_type, error.message)
+        return Completion(item.id, item.batch_seq, item.attempt, ERRORED, line)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), _FLUSH_INTERVAL_SECONDS)
+            self._flush_now.clear()
+            await self._flush()
+            if self._writer_stop and not self._unwritten:
+                return
+
+    async def _flush(self) -> None:
+        if not self._unwritten:
+            return
+        group, self._unwritten = self._unwritten, []
+        try:
+            await self.store.complete_requests(group, owner=self.owner, now=now_micros())
+        except Exception:
+            logger.exception("writing %d results failed; retrying", len(group))
+            self._unwritten[:0] = group
+            await asyncio.sleep(0.5)
+            return
+        for completion in group:
+            self._held.pop(completion.request_id, None)
+        self.completed += len(group)
+        now = time.perf_counter()
+        elapsed = max(now - self._last_flush_at, _FLUSH_INTERVAL_SECONDS)
+        self._last_flush_at = now
+        self._rate_per_second = 0.8 * self._rate_per_second + 0.2 * (len(group) / elapsed)
+
+    # --- leases -------------------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await self.store.renew_leases(
+                    list(self._held),
+                    owner=self.owner,
+                    lease_until=now_micros() + int(self.lease_seconds * MICROS),
+                )
+            except Exception:
+                logger.exception("renewing leases failed")

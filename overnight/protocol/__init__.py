@@ -1,0 +1,1 @@
+"""Wire models only: what crosses the HTTP boundary and what backends consume and produce."""

@@ -1,0 +1,101 @@
+"""Message Batches wire shapes: the create envelope (decoded lazily) and the MessageBatch object."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from overnight.exceptions import InvalidRequestError
+from overnight.store.records import ENDED, BatchRecord
+from overnight.timestamps import to_rfc3339
+
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+class BatchRequestEnvelope(msgspec.Struct):
+    custom_id: str
+    # Kept as the raw bytes the client sent: validated per request by the engine, never re-encoded.
+    params: msgspec.Raw
+
+
+class CreateBatchBody(msgspec.Struct):
+    requests: list[BatchRequestEnvelope]
+
+
+_decode_create = msgspec.json.Decoder(CreateBatchBody).decode
+
+
+def decode_create_body(body: bytes | bytearray, *, max_requests: int) -> list[tuple[str, memoryview]]:
+    """Check the envelope only: 1..max_requests objects with unique valid custom_ids and object params.
+
+    Returns (custom_id, params bytes) pairs; the params are views into `body`, not copies.
+    """
+    try:
+        decoded = _decode_create(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestError(f"Invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
+    count = len(decoded.requests)
+    if count == 0:
+        raise InvalidRequestError("requests: must contain at least one request")
+    if count > max_requests:
+        raise InvalidRequestError(f"requests: a batch holds at most {max_requests} requests, got {count}")
+    seen: dict[str, int] = {}
+    items: list[tuple[str, memoryview]] = []
+    for index, request in enumerate(decoded.requests):
+        custom_id = request.custom_id
+        if not CUSTOM_ID.match(custom_id):
+            raise InvalidRequestError(
+                f"requests.{index}.custom_id: must match ^[a-zA-Z0-9_-]{{1,64}}$, got {custom_id!r}"
+            )
+        if custom_id in seen:
+            raise InvalidRequestError(
+                f"requests.{index}.custom_id: {custom_id!r} is not unique (also at requests.{seen[custom_id]})"
+            )
+        seen[custom_id] = index
+        params = memoryview(request.params)
+        if not params or params[0] != ord("{"):
+            raise InvalidRequestError(f"requests.{index}.params: must be an object")
+        items.append((custom_id, params))
+    return items
+
+
+def batch_object(record: BatchRecord, public_base_url: str) -> dict[str, Any]:
+    """The MessageBatch object, every key present; `results_url` only once ended and not archived."""
+    results_url = None
+    if record.status == ENDED and record.archived_at is None:
+        results_url = f"{public_base_url}/v1/messages/batches/{record.id}/results"
+    return {
+        "id": record.id,
+        "type": "message_batch",
+        "processing_status": record.status,
+        "request_counts": {
+            "processing": record.processing,
+            "succeeded": record.succeeded,
+            "errored": record.errored,
+            "canceled": record.canceled,
+            "expired": record.expired,
+        },
+        "created_at": to_rfc3339(record.created_at),
+        "expires_at": to_rfc3339(record.expires_at),
+        "ended_at": to_rfc3339(record.ended_at),
+        "cancel_initiated_at": to_rfc3339(record.cancel_initiated_at),
+        "archived_at": to_rfc3339(record.archived_at),
+        "results_url": results_url,
+    }
+
+
+def page_object(records: list[BatchRecord], has_more: bool, public_base_url: str) -> dict[str, Any]:
+    return {
+        "data": [batch_object(record, public_base_url) for record in records],
+        "has_more": has_more,
+        "first_id": records[0].id if records else None,
+        "last_id": records[-1].id if records else None,
+    }
+
+
+def deleted_object(batch_id: str) -> dict[str, Any]:
+    return {"id": batch_id, "type": "message_batch_deleted"}

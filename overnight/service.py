@@ -1,0 +1,128 @@
+"""What the API (and later the CLI) can do with batches: create, get, list, cancel, delete, results.
+
+The service turns store outcomes into the API's decisions (which state transitions are allowed,
+which errors to raise); it never waits for a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from overnight import ids
+from overnight.config import Settings
+from overnight.exceptions import InvalidRequestError, NotFoundError, RateLimitError
+from overnight.protocol.batches import batch_object, decode_create_body, deleted_object, page_object
+from overnight.protocol.results import bare_line
+from overnight.store import BatchRecord, Store
+from overnight.store.records import CANCELED, CANCELING, ENDED, ERRORED, EXPIRED, SUCCEEDED
+from overnight.store.store import UnknownCursorError
+from overnight.timestamps import MICROS, now_micros
+
+_RESULTS_PAGE = 2000
+
+
+class WorkListener(Protocol):
+    """The engine, as the service sees it: told when there is new work or a batch was canceled."""
+
+    def wake(self) -> None: ...
+
+    def batch_canceled(self, batch_seq: int) -> None: ...
+
+
+class BatchService:
+    def __init__(self, store: Store, settings: Settings, listener: WorkListener | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.listener = listener
+
+    async def create(self, workspace: str, body: bytes | bytearray, public_base_url: str) -> dict[str, Any]:
+        items = decode_create_body(body, max_requests=self.settings.max_requests)
+        limit = self.settings.max_queued_requests
+        if limit and await self.store.queued_requests(workspace) + len(items) > limit:
+            raise RateLimitError(
+                f"Too many requests waiting in this workspace's queue (limit {limit}); "
+                "retry when some batches have ended",
+                retry_after_seconds=30,
+            )
+        created_at = now_micros()
+        record = await self.store.insert_batch(
+            batch_id=ids.batch_id(),
+            workspace=workspace,
+            created_at=created_at,
+            expires_at=created_at + int(self.settings.batch_ttl_seconds * MICROS),
+            items=items,
+        )
+        if self.listener:
+            self.listener.wake()
+        return batch_object(record, public_base_url)
+
+    async def retrieve(self, workspace: str, batch_id: str, public_base_url: str) -> dict[str, Any]:
+        return batch_object(await self._get(workspace, batch_id), public_base_url)
+
+    async def list(
+        self,
+        workspace: str,
+        *,
+        limit: int,
+        after_id: str | None,
+        before_id: str | None,
+        public_base_url: str,
+    ) -> dict[str, Any]:
+        try:
+            records, has_more = await self.store.list_batches(
+                workspace, limit=limit, after_id=after_id, before_id=before_id
+            )
+        except UnknownCursorError as exc:
+            raise InvalidRequestError(f"Unknown pagination cursor: no batch with id {exc.args[0]!r}") from None
+        return page_object(records, has_more, public_base_url)
+
+    async def cancel(self, workspace: str, batch_id: str, public_base_url: str) -> dict[str, Any]:
+        record = await self._get(workspace, batch_id)
+        if record.status == ENDED:
+            raise InvalidRequestError(f"Batch {batch_id} has already ended and cannot be canceled")
+        if record.status == CANCELING:
+            return batch_object(record, public_base_url)
+        canceled = await self.store.cancel_batch(record.seq, now_micros())
+        if canceled is None:
+            # It ended or was canceled between our read and the write: answer from its new state.
+            return await self.cancel(workspace, batch_id, public_base_url)
+        if self.listener:
+            self.listener.batch_canceled(record.seq)
+        return batch_object(canceled, public_base_url)
+
+    async def delete(self, workspace: str, batch_id: str) -> dict[str, Any]:
+        record = await self._get(workspace, batch_id)
+        if record.status != ENDED or not await self.store.delete_batch(record.seq):
+            raise InvalidRequestError(
+                f"Batch {batch_id} is still {record.status}; it can be deleted once it has ended "
+                "(cancel it first)"
+            )
+        return deleted_object(batch_id)
+
+    async def results(self, workspace: str, batch_id: str) -> AsyncIterator[bytes]:
+        """Check the batch can be downloaded now, then stream its JSONL lines page by page."""
+        record = await self._get(workspace, batch_id)
+        if record.archived_at is not None:
+            raise NotFoundError(f"The results of batch {batch_id} were archived and are no longer available")
+        if record.status != ENDED:
+            raise InvalidRequestError(f"Batch {batch_id} has not ended yet; results are available once it has")
+        return self._stream_results(record)
+
+    async def _stream_results(self, record: BatchRecord) -> AsyncIterator[bytes]:
+        for state in (SUCCEEDED, ERRORED, CANCELED, EXPIRED):
+            after = 0
+            while True:
+                rows = await self.store.results_page(
+                    record.seq, state, after_request_id=after, limit=_RESULTS_PAGE
+                )
+                if not rows:
+                    break
+                yield b"".join(row.line or bare_line(row.custom_id, state) for row in rows)
+                after = rows[-1].id
+
+    async def _get(self, workspace: str, batch_id: str) -> BatchRecord:
+        record = await self.store.get_batch(workspace, batch_id)
+        if record is None:
+            raise NotFoundError(f"No batch with id {batch_id!r}")
+        return record

@@ -1,0 +1,419 @@
+"""The store: every database operation of a batch's life, one named method each.
+
+Methods run on threads (the drivers block): writes on a dedicated writer pool (one thread on SQLite,
+where writers serialise anyway), reads on a reader pool. Each public method is awaitable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, bindparam, func, insert, select, text, update
+
+from overnight.store.database import connect
+from overnight.store.records import (
+    CANCELED,
+    CANCELING,
+    ENDED,
+    ERRORED,
+    EXPIRED,
+    IN_PROGRESS,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    BatchRecord,
+    Completion,
+    LeasedRequest,
+    ResultRow,
+)
+from overnight.store.tables import batches, requests
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_INSERT_CHUNK = 5000
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _writes(method: Callable[Concatenate[Store, P], T]) -> Callable[Concatenate[Store, P], Awaitable[T]]:
+    @functools.wraps(method)
+    async def run(self: Store, *args: P.args, **kwargs: P.kwargs) -> T:
+        call = functools.partial(method, self, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, call)
+
+    return run
+
+
+def _reads(method: Callable[Concatenate[Store, P], T]) -> Callable[Concatenate[Store, P], Awaitable[T]]:
+    @functools.wraps(method)
+    async def run(self: Store, *args: P.args, **kwargs: P.kwargs) -> T:
+        call = functools.partial(method, self, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._reader, call)
+
+    return run
+
+
+class UnknownCursorError(LookupError):
+    """A pagination cursor names no batch of this workspace."""
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.engine = connect(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._writer = ThreadPoolExecutor(1 if self.is_sqlite else 4, thread_name_prefix="store-write")
+        self._reader = ThreadPoolExecutor(4, thread_name_prefix="store-read")
+        # PostgreSQL lets several workers lease at once; SQLite has a single writer anyway.
+        self._skip_locked = "" if self.is_sqlite else " FOR UPDATE SKIP LOCKED"
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+        self.engine.dispose()
+
+    # --- batches: the API's operations -------------------------------------------------------
+
+    @_writes
+    def insert_batch(
+        self,
+        *,
+        batch_id: str,
+        workspace: str,
+        created_at: int,
+        expires_at: int,
+        items: Sequence[tuple[str, Any]],
+    ) -> BatchRecord:
+        """Store a batch and all its requests in one transaction: all of it, or nothing."""
+        insert_request = text(
+            "INSERT INTO requests (batch_seq, custom_id, params, state, attempt) "
+            "VALUES (:batch_seq, :custom_id, :params, 'pending', 0)"
+        )
+        with self.engine.begin() as conn:
+            seq = conn.execute(
+                insert(batches)
+                .values(
+                    id=batch_id,
+                    workspace=workspace,
+                    status=IN_PROGRESS,
+                    total=len(items),
+                    processing=len(items),
+                    created_at=created_at,
+                    expires_at=expires_at,
+                )
+                .returning(batches.c.seq)
+            ).scalar_one()
+            for start in range(0, len(items), _INSERT_CHUNK):
+                chunk = items[start : start + _INSERT_CHUNK]
+                rows = [{"batch_seq": seq, "custom_id": cid, "params": params} for cid, params in chunk]
+                conn.execute(insert_request, rows)
+            return _one_batch(conn, seq)
+
+    @_reads
+    def get_batch(self, workspace: str, batch_id: str) -> BatchRecord | None:
+        """The batch with this id in this workspace, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(batches).where(batches.c.id == batch_id, batches.c.workspace == workspace)
+            ).one_or_none()
+        return None if row is None else BatchRecord(**row._mapping)
+
+    @_reads
+    def list_batches(
+        self, workspace: str, *, limit: int, after_id: str | None, before_id: str | None
+    ) -> tuple[list[BatchRecord], bool]:
+        """One page, newest first, and whether more lie beyond it in the direction of travel.
+
+        `after_id` pages towards older batches; `before_id` towards newer ones (the page adjacent to it);
+        both together bound the page strictly between them.
+        """
+        with self.engine.connect() as conn:
+            query = select(batches).where(batches.c.workspace == workspace)
+            if after_id is not None:
+                query = query.where(batches.c.seq < _cursor_seq(conn, workspace, after_id))
+            if before_id is not None:
+                query = query.where(batches.c.seq > _cursor_seq(conn, workspace, before_id))
+                query = query.order_by(batches.c.seq.asc())
+            else:
+                query = query.order_by(batches.c.seq.desc())
+            rows = conn.execute(query.limit(limit + 1)).all()
+        page = [BatchRecord(**row._mapping) for row in rows[:limit]]
+        if before_id is not None:
+            page.reverse()
+        return page, len(rows) > limit
+
+    @_writes
+    def cancel_batch(self, seq: int, now: int) -> BatchRecord | None:
+        """Move an in-progress batch to canceling and its pending requests to canceled, atomically.
+
+        Running requests are untouched: they finish with their real result. Returns None when the
+        batch was no longer in progress (the caller re-reads it).
+        """
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(batches)
+                .where(batches.c.seq == seq, batches.c.status == IN_PROGRESS)
+                .values(status=CANCELING, cancel_initiated_at=now)
+            ).rowcount
+            if not moved:
+                return None
+            canceled = conn.execute(
+                update(requests)
+                .where(requests.c.batch_seq == seq, requests.c.state == PENDING)
+                .values(state=CANCELED)
+            ).rowcount
+            _add_counts(conn, seq, {CANCELED: canceled})
+            _end_if_done(conn, [seq], now)
+            return _one_batch(conn, seq)
+
+    @_writes
+    def delete_batch(self, seq: int) -> bool:
+        """Delete an ended batch and its results; False (and nothing deleted) if it has not ended."""
+        with self.engine.begin() as conn:
+            deleted = conn.execute(
+                batches.delete().where(batches.c.seq == seq, batches.c.status == ENDED)
+            ).rowcount
+            if deleted:
+                conn.execute(requests.delete().where(requests.c.batch_seq == seq))
+            return bool(deleted)
+
+    @_reads
+    def results_page(self, seq: int, state: str, *, after_request_id: int, limit: int) -> list[ResultRow]:
+        """Up to `limit` requests of a batch in this state with ids above `after_request_id`, in id order.
+
+        Paging per state walks the (batch_seq, state, id) index: no sort, constant memory per page.
+        """
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(requests.c.id, requests.c.custom_id, requests.c.result)
+                .where(
+                    requests.c.batch_seq == seq,
+                    requests.c.state == state,
+                    requests.c.id > after_request_id,
+                )
+                .order_by(requests.c.id)
+                .limit(limit)
+            ).all()
+        return [ResultRow(row[0], row[1], state, row[2]) for row in rows]
+
+    @_reads
+    def queued_requests(self, workspace: str) -> int:
+        """Requests of this workspace not yet finished (the queue a per-workspace limit bounds)."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.coalesce(func.sum(batches.c.processing), 0)).where(
+                        batches.c.workspace == workspace, batches.c.status != ENDED
+                    )
+                ).scalar_one()
+            )
+
+    # --- requests: the engine's operations ---------------------------------------------------
+
+    @_reads
+    def active_batches(self) -> list[tuple[int, str]]:
+        """(seq, status) of every batch that has not ended, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(batches.c.seq, batches.c.status)
+                .where(batches.c.status != ENDED)
+                .order_by(batches.c.seq)
+            ).all()
+        return [(row[0], row[1]) for row in rows]
+
+    @_writes
+    def lease_requests(
+        self, quotas: Sequence[tuple[int, int]], *, owner: str, lease_until: int
+    ) -> list[LeasedRequest]:
+        """Lease up to n pending requests from each (batch, n), oldest first, in one transaction.
+
+        Only requests of in-progress batches are leased; each lease bumps `attempt`, which is part of
+        the lease token checked when the result is written.
+        """
+        statement = text(
+            "UPDATE requests SET state = 'running', lease_owner = :owner, "
+            "lease_expires_at = :lease_until, attempt = attempt + 1 "
+            "WHERE state = 'pending' AND id IN ("
+            "  SELECT id FROM requests WHERE batch_seq = :batch_seq AND state = 'pending'"
+            "  AND EXISTS (SELECT 1 FROM batches WHERE seq = :batch_seq AND status = 'in_progress')"
+            f"  ORDER BY id LIMIT :n{self._skip_locked}) "
+            "RETURNING id, custom_id, params, attempt"
+        )
+        leased: list[LeasedRequest] = []
+        with self.engine.begin() as conn:
+            for seq, n in quotas:
+                result = conn.execute(
+                    statement, {"owner": owner, "lease_until": lease_until, "batch_seq": seq, "n": n}
+                )
+                leased.extend(LeasedRequest(row[0], seq, row[1], row[2], row[3]) for row in result)
+        return leased
+
+    @_writes
+    def renew_leases(self, request_ids: Iterable[int], *, owner: str, lease_until: int) -> None:
+        """Extend the leases this owner still holds on these requests."""
+        rows = [{"id": request_id, "owner": owner, "until": lease_until} for request_id in request_ids]
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE requests SET lease_expires_at = :until "
+                    "WHERE id = :id AND lease_owner = :owner AND state = 'running'"
+                ),
+                rows,
+            )
+
+    @_writes
+    def complete_requests(self, completions: Sequence[Completion], *, owner: str, now: int) -> None:
+        """Write terminal outcomes and move the counters with them, in one transaction.
+
+        Each write is a compare-and-set on (running, this owner, this attempt): a late or duplicate
+        completion changes nothing, so a request never gets two results. Batches left with nothing
+        to do end here, exactly once.
+        """
+        if not completions:
+            return
+        groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
+        for done in completions:
+            groups[(done.batch_seq, done.state)].append(
+                {"id": done.request_id, "attempt": done.attempt, "state": done.state,
+                 "result": done.line, "owner": owner}
+            )
+        statement = text(
+            "UPDATE requests SET state = :state, result = :result, lease_owner = NULL, "
+            "lease_expires_at = NULL "
+            "WHERE id = :id AND state = 'running' AND lease_owner = :owner AND attempt = :attempt"
+        )
+        counts: dict[int, dict[str, int]] = defaultdict(dict)
+        with self.engine.begin() as conn:
+            for (seq, state), rows in groups.items():
+                counts[seq][state] = conn.execute(statement, rows).rowcount
+            for seq, by_state in counts.items():
+                _add_counts(conn, seq, by_state)
+            _end_if_done(conn, list(counts), now)
+
+    @_writes
+    def release_requests(self, request_ids: Iterable[int], *, owner: str, started: bool) -> int:
+        """Hand leased requests back as pending (shutdown); an unstarted one gets its attempt back."""
+        rows = [{"id": request_id, "owner": owner} for request_id in request_ids]
+        if not rows:
+            return 0
+        attempt = "attempt" if started else "attempt - 1"
+        with self.engine.begin() as conn:
+            return conn.execute(
+                text(
+                    f"UPDATE requests SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, "
+                    f"attempt = {attempt} WHERE id = :id AND lease_owner = :owner AND state = 'running'"
+                ),
+                rows,
+            ).rowcount
+
+    @_writes
+    def recover_expired_leases(self, batch_seqs: Sequence[int], now: int) -> int:
+        """Put requests whose lease lapsed (their worker died or stalled) back to pending."""
+        if not batch_seqs:
+            return 0
+        with self.engine.begin() as conn:
+            return conn.execute(
+                text(
+                    "UPDATE requests SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL "
+                    "WHERE batch_seq = :seq AND state = 'running' AND lease_expires_at < :now"
+                ),
+                [{"seq": seq, "now": now} for seq in batch_seqs],
+            ).rowcount
+
+    @_writes
+    def expire_batches(self, now: int) -> list[str]:
+        """End every unfinished batch past `expires_at`: its unfinished requests become expired."""
+        with self.engine.begin() as conn:
+            due = conn.execute(
+                select(batches.c.seq, batches.c.id).where(
+                    batches.c.status != ENDED, batches.c.expires_at <= now
+                )
+            ).all()
+            for seq, _ in due:
+                expired = conn.execute(
+                    update(requests)
+                    .where(requests.c.batch_seq == seq, requests.c.state.in_((PENDING, RUNNING)))
+                    .values(state=EXPIRED, lease_owner=None, lease_expires_at=None)
+                ).rowcount
+                _add_counts(conn, seq, {EXPIRED: expired})
+                conn.execute(
+                    update(batches).where(batches.c.seq == seq).values(status=ENDED, ended_at=now)
+                )
+        return [batch_id for _, batch_id in due]
+
+    @_writes
+    def archive_batches(self, now: int, *, retention_micros: int) -> list[str]:
+        """Archive ended batches older than the retention window: their results are deleted."""
+        with self.engine.begin() as conn:
+            due = conn.execute(
+                select(batches.c.seq, batches.c.id).where(
+                    batches.c.status == ENDED,
+                    batches.c.archived_at.is_(None),
+                    batches.c.created_at <= now - retention_micros,
+                )
+            ).all()
+            for seq, _ in due:
+                conn.execute(update(batches).where(batches.c.seq == seq).values(archived_at=now))
+                conn.execute(requests.delete().where(requests.c.batch_seq == seq))
+        return [batch_id for _, batch_id in due]
+
+
+def _one_batch(conn: Connection, seq: int) -> BatchRecord:
+    return BatchRecord(**conn.execute(select(batches).where(batches.c.seq == seq)).one()._mapping)
+
+
+def _cursor_seq(conn: Connection, workspace: str, batch_id: str) -> int:
+    seq = conn.execute(
+        select(batches.c.seq).where(batches.c.id == batch_id, batches.c.workspace == workspace)
+    ).scalar_one_or_none()
+    if seq is None:
+        raise UnknownCursorError(batch_id)
+    return int(seq)
+
+
+_COUNTER_OF_STATE = {SUCCEEDED: "succeeded", ERRORED: "errored", CANCELED: "canceled", EXPIRED: "expired"}
+
+
+def _add_counts(conn: Connection, seq: int, by_state: dict[str, int]) -> None:
+    """Move `processing` into the terminal counters in the same transaction as the state change."""
+    moved = sum(by_state.values())
+    if not moved:
+        return
+    values: dict[str, Any] = {"processing": batches.c.processing - moved}
+    for state, n in by_state.items():
+        column = _COUNTER_OF_STATE[state]
+        values[column] = batches.c[column] + n
+    conn.execute(update(batches).where(batches.c.seq == seq).values(**values))
+
+
+def _end_if_done(conn: Connection, seqs: list[int], now: int) -> None:
+    """End, exactly once, each of these batches that has nothing left to process."""
+    if not seqs:
+        return
+    conn.execute(
+        update(batches)
+        .where(
+            batches.c.seq.in_(bindparam("seqs", expanding=True)),
+            batches.c.processing == 0,
+            batches.c.status != ENDED,
+        )
+        .values(status=ENDED, ended_at=now),
+        {"seqs": seqs},
+    )

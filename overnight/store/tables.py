@@ -1,0 +1,61 @@
+"""The schema. Change it only together with a new numbered migration in `migrations/versions/`."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+# On SQLite an INTEGER PRIMARY KEY is the rowid itself: no extra index, ids in insertion order.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("seq", _Id, primary_key=True, autoincrement=True),
+    Column("id", String(40), nullable=False, unique=True),
+    Column("workspace", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("processing", Integer, nullable=False),
+    Column("succeeded", Integer, nullable=False, server_default="0"),
+    Column("errored", Integer, nullable=False, server_default="0"),
+    Column("canceled", Integer, nullable=False, server_default="0"),
+    Column("expired", Integer, nullable=False, server_default="0"),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("ended_at", BigInteger, nullable=True),
+    Column("cancel_initiated_at", BigInteger, nullable=True),
+    Column("archived_at", BigInteger, nullable=True),
+    Index("ix_batches_workspace_seq", "workspace", "seq"),
+    Index("ix_batches_status", "status"),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("batch_seq", _Id, ForeignKey("batches.seq", ondelete="CASCADE"), nullable=False),
+    Column("custom_id", String(64), nullable=False),
+    # The request's params exactly as the client sent them; NULL once the batch is archived.
+    Column("params", LargeBinary, nullable=True),
+    Column("state", String(10), nullable=False),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires_at", BigInteger, nullable=True),
+    # The finished JSONL line (succeeded/errored); canceled/expired lines are derived from the state.
+    Column("result", LargeBinary, nullable=True),
+    UniqueConstraint("batch_seq", "custom_id", name="uq_requests_batch_custom_id"),
+    Index("ix_requests_batch_state", "batch_seq", "state", "id"),
+)
