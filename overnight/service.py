@@ -13,13 +13,10 @@ from overnight import ids
 from overnight.config import Settings
 from overnight.exceptions import InvalidRequestError, NotFoundError, RateLimitError
 from overnight.protocol.batches import batch_object, decode_create_body, deleted_object, page_object
-from overnight.protocol.results import bare_line
 from overnight.store import BatchRecord, Store
-from overnight.store.records import CANCELED, CANCELING, ENDED, ERRORED, EXPIRED, SUCCEEDED
+from overnight.store.records import CANCELING, ENDED
 from overnight.store.store import UnknownCursorError
 from overnight.timestamps import MICROS, now_micros
-
-_RESULTS_PAGE = 2000
 
 
 class WorkListener(Protocol):
@@ -107,19 +104,7 @@ class BatchService:
             raise NotFoundError(f"The results of batch {batch_id} were archived and are no longer available")
         if record.status != ENDED:
             raise InvalidRequestError(f"Batch {batch_id} has not ended yet; results are available once it has")
-        return self._stream_results(record)
-
-    async def _stream_results(self, record: BatchRecord) -> AsyncIterator[bytes]:
-        for state in (SUCCEEDED, ERRORED, CANCELED, EXPIRED):
-            after = 0
-            while True:
-                rows = await self.store.results_page(
-                    record.seq, state, after_request_id=after, limit=_RESULTS_PAGE
-                )
-                if not rows:
-                    break
-                yield b"".join(row.line or bare_line(row.custom_id, state) for row in rows)
-                after = rows[-1].id
+        return self.store.stream_results(record.seq)
 
     async def _get(self, workspace: str, batch_id: str) -> BatchRecord:
         record = await self.store.get_batch(workspace, batch_id)

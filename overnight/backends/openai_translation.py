@@ -227,7 +227,8 @@ def from_chat_completion(data: dict[str, Any], params: MessageCreateParams) -> M
         tool_uses.append(_tool_use({"function": reply["function_call"]}))
     content.extend(tool_uses)
 
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    raw_usage = data.get("usage")
+    usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
     prompt_tokens = _int(usage.get("prompt_tokens"))
     completion_tokens = _int(usage.get("completion_tokens"))
     stop_reason, stop_sequence = _stop_reason(choice, params, bool(tool_uses), completion_tokens)

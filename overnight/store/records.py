@@ -53,11 +53,3 @@ class Completion:
     attempt: int
     state: str
     line: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class ResultRow:
-    id: int
-    custom_id: str
-    state: str
-    line: bytes | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -18,6 +18,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, bindparam, func, insert, select, text, update
 
+from overnight.protocol.results import bare_line
 from overnight.store.database import connect
 from overnight.store.records import (
     CANCELED,
@@ -32,7 +33,6 @@ from overnight.store.records import (
     BatchRecord,
     Completion,
     LeasedRequest,
-    ResultRow,
 )
 from overnight.store.tables import batches, requests
 
@@ -192,24 +192,43 @@ class Store:
                 conn.execute(requests.delete().where(requests.c.batch_seq == seq))
             return bool(deleted)
 
-    @_reads
-    def results_page(self, seq: int, state: str, *, after_request_id: int, limit: int) -> list[ResultRow]:
-        """Up to `limit` requests of a batch in this state with ids above `after_request_id`, in id order.
+    async def stream_results(self, seq: int, *, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
+        """Every result line of a batch, in chunks of about `chunk_bytes`, in constant memory.
 
-        Paging per state walks the (batch_seq, state, id) index: no sort, constant memory per page.
+        One cursor per state walks the (batch_seq, state, id) index; the next chunk is read on a
+        reader thread while the current one is being sent.
         """
+        lines = self._result_chunks(seq, chunk_bytes)
+        loop = asyncio.get_running_loop()
+        try:
+            pending = loop.run_in_executor(self._reader, next, lines, None)
+            while (chunk := await pending) is not None:
+                pending = loop.run_in_executor(self._reader, next, lines, None)
+                yield chunk
+        finally:
+            await loop.run_in_executor(self._reader, lines.close)
+
+    def _result_chunks(self, seq: int, chunk_bytes: int) -> Iterator[bytes]:
+        statement = text(
+            "SELECT custom_id, result FROM requests WHERE batch_seq = :seq AND state = :state ORDER BY id"
+        )
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(requests.c.id, requests.c.custom_id, requests.c.result)
-                .where(
-                    requests.c.batch_seq == seq,
-                    requests.c.state == state,
-                    requests.c.id > after_request_id,
-                )
-                .order_by(requests.c.id)
-                .limit(limit)
-            ).all()
-        return [ResultRow(row[0], row[1], state, row[2]) for row in rows]
+            for state in (SUCCEEDED, ERRORED, CANCELED, EXPIRED):
+                # The DBAPI cursor directly: row objects would cost more than the rows themselves.
+                cursor = conn.execution_options(stream_results=True).execute(
+                    statement, {"seq": seq, "state": state}
+                ).cursor
+                parts: list[bytes] = []
+                size = 0
+                while rows := cursor.fetchmany(2000):
+                    for custom_id, line in rows:
+                        parts.append(line if line is not None else bare_line(custom_id, state))
+                    size += sum(map(len, parts[-len(rows):]))
+                    if size >= chunk_bytes:
+                        yield b"".join(parts)
+                        parts, size = [], 0
+                if parts:
+                    yield b"".join(parts)
 
     @_reads
     def queued_requests(self, workspace: str) -> int:

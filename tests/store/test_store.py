@@ -1,0 +1,183 @@
+"""The store's guarantees, on a real SQLite file: one result per request, counters that always add up,
+cancel that never relabels a finished result, expiry and archival."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from overnight.store import BatchRecord, Completion, Store
+from overnight.store.records import ENDED, ERRORED, SUCCEEDED
+
+FAR_FUTURE = 2**60
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    store.migrate()
+    yield store
+    store.close()
+
+
+async def make_batch(
+    store: Store, n: int, *, batch_id: str = "msgbatch_a", expires_at: int = FAR_FUTURE
+) -> BatchRecord:
+    items = [(f"r{i}", b'{"model":"m"}') for i in range(n)]
+    return await store.insert_batch(
+        batch_id=batch_id, workspace="w", created_at=1_000, expires_at=expires_at, items=items
+    )
+
+
+async def all_results(store: Store, seq: int) -> bytes:
+    return b"".join([chunk async for chunk in store.stream_results(seq)])
+
+
+def assert_counts_add_up(record: BatchRecord) -> None:
+    total = record.processing + record.succeeded + record.errored + record.canceled + record.expired
+    assert total == record.total
+
+
+async def test_insert_stores_everything_pending(store: Store) -> None:
+    record = await make_batch(store, 50)
+    assert (record.total, record.processing, record.status) == (50, 50, "in_progress")
+    assert_counts_add_up(record)
+
+
+async def test_duplicate_custom_id_is_impossible(store: Store) -> None:
+    items = [("same", b"{}"), ("same", b"{}")]
+    with pytest.raises(Exception, match="UNIQUE"):
+        await store.insert_batch(batch_id="msgbatch_d", workspace="w", created_at=1, expires_at=2, items=items)
+    assert await store.get_batch("w", "msgbatch_d") is None  # nothing half-stored
+
+
+async def test_a_request_gets_exactly_one_result(store: Store) -> None:
+    record = await make_batch(store, 3)
+    leased = await store.lease_requests([(record.seq, 10)], owner="me", lease_until=FAR_FUTURE)
+    assert len(leased) == 3 and all(item.attempt == 1 for item in leased)
+    first = [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"ok\n") for i in leased]
+    await store.complete_requests(first, owner="me", now=5)
+    # A duplicate, a stale attempt and another owner's write all change nothing.
+    await store.complete_requests(first, owner="me", now=6)
+    stale = [Completion(i.id, i.batch_seq, i.attempt - 1, ERRORED, b"late\n") for i in leased]
+    await store.complete_requests(stale, owner="me", now=6)
+    await store.complete_requests(
+        [Completion(i.id, i.batch_seq, i.attempt, ERRORED, b"x\n") for i in leased], owner="other", now=6
+    )
+    after = await store.get_batch("w", "msgbatch_a")
+    assert after is not None
+    assert (after.succeeded, after.errored, after.processing, after.status, after.ended_at) == (3, 0, 0, ENDED, 5)
+    assert await all_results(store, record.seq) == b"ok\n" * 3
+
+
+async def test_cancel_moves_only_pending_and_keeps_running_results(store: Store) -> None:
+    record = await make_batch(store, 10)
+    leased = await store.lease_requests([(record.seq, 4)], owner="me", lease_until=FAR_FUTURE)
+    canceling = await store.cancel_batch(record.seq, 7)
+    assert canceling is not None
+    assert (canceling.status, canceling.canceled, canceling.processing) == ("canceling", 6, 4)
+    assert canceling.cancel_initiated_at == 7
+    assert_counts_add_up(canceling)
+    # Running requests finish with their real results; then the batch ends.
+    await store.complete_requests(
+        [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"ok\n") for i in leased], owner="me", now=9
+    )
+    ended = await store.get_batch("w", "msgbatch_a")
+    assert ended is not None
+    assert (ended.status, ended.succeeded, ended.canceled, ended.ended_at) == (ENDED, 4, 6, 9)
+    assert await store.cancel_batch(record.seq, 10) is None  # not in progress any more
+
+
+async def test_leasing_skips_canceled_batches_and_is_fair(store: Store) -> None:
+    big = await make_batch(store, 100, batch_id="msgbatch_big")
+    small = await make_batch(store, 3, batch_id="msgbatch_small")
+    leased = await store.lease_requests([(big.seq, 5), (small.seq, 5)], owner="me", lease_until=FAR_FUTURE)
+    assert sorted(i.batch_seq for i in leased).count(small.seq) == 3
+    await store.cancel_batch(big.seq, 3)
+    assert await store.lease_requests([(big.seq, 5)], owner="me", lease_until=FAR_FUTURE) == []
+
+
+async def test_lapsed_leases_return_to_pending_and_attempt_counts(store: Store) -> None:
+    record = await make_batch(store, 2)
+    await store.lease_requests([(record.seq, 2)], owner="dead", lease_until=100)
+    assert await store.recover_expired_leases([record.seq], now=50) == 0
+    assert await store.recover_expired_leases([record.seq], now=150) == 2
+    again = await store.lease_requests([(record.seq, 2)], owner="me", lease_until=FAR_FUTURE)
+    assert [item.attempt for item in again] == [2, 2]
+
+
+async def test_release_gives_unstarted_requests_their_attempt_back(store: Store) -> None:
+    record = await make_batch(store, 1)
+    leased = await store.lease_requests([(record.seq, 1)], owner="me", lease_until=FAR_FUTURE)
+    assert await store.release_requests([leased[0].id], owner="me", started=False) == 1
+    again = await store.lease_requests([(record.seq, 1)], owner="me", lease_until=FAR_FUTURE)
+    assert again[0].attempt == 1
+
+
+async def test_expiry_ends_the_batch_and_discards_late_results(store: Store) -> None:
+    record = await make_batch(store, 5, expires_at=100)
+    leased = await store.lease_requests([(record.seq, 2)], owner="me", lease_until=FAR_FUTURE)
+    assert await store.expire_batches(now=99) == []
+    assert await store.expire_batches(now=100) == ["msgbatch_a"]
+    await store.complete_requests(
+        [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"late\n") for i in leased], owner="me", now=101
+    )
+    after = await store.get_batch("w", "msgbatch_a")
+    assert after is not None
+    assert (after.status, after.expired, after.succeeded, after.ended_at) == (ENDED, 5, 0, 100)
+    assert_counts_add_up(after)
+
+
+async def test_archival_deletes_results_but_keeps_the_batch(store: Store) -> None:
+    record = await make_batch(store, 2)
+    await store.cancel_batch(record.seq, 2_000)
+    assert await store.archive_batches(now=1_500, retention_micros=1_000) == []
+    assert await store.archive_batches(now=2_500, retention_micros=1_000) == ["msgbatch_a"]
+    after = await store.get_batch("w", "msgbatch_a")
+    assert after is not None and after.archived_at == 2_500 and after.canceled == 2
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM requests")).scalar_one() == 0
+
+
+async def test_delete_only_ended_batches(store: Store) -> None:
+    record = await make_batch(store, 2)
+    assert await store.delete_batch(record.seq) is False
+    await store.cancel_batch(record.seq, 5)
+    assert await store.delete_batch(record.seq) is True
+    assert await store.get_batch("w", "msgbatch_a") is None
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM requests")).scalar_one() == 0
+
+
+async def test_results_pages_cover_every_request_once(store: Store) -> None:
+    record = await make_batch(store, 25)
+    leased = await store.lease_requests([(record.seq, 10)], owner="me", lease_until=FAR_FUTURE)
+    await store.complete_requests(
+        [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"ok\n") for i in leased], owner="me", now=3
+    )
+    await store.cancel_batch(record.seq, 4)
+    chunks = [chunk async for chunk in store.stream_results(record.seq, chunk_bytes=16)]
+    assert len(chunks) == 2  # past chunk_bytes, each state's rows are sent as they are fetched
+    lines = b"".join(chunks).splitlines()
+    assert lines.count(b"ok") == 10
+    canceled = sorted(line for line in lines if line != b"ok")
+    expected = sorted(b'{"custom_id":"r%d","result":{"type":"canceled"}}' % i for i in range(10, 25))
+    assert canceled == expected
+
+
+async def test_list_pages_both_ways(store: Store) -> None:
+    for n in range(5):
+        await make_batch(store, 1, batch_id=f"msgbatch_{n}")
+    page, more = await store.list_batches("w", limit=2, after_id=None, before_id=None)
+    assert [r.id for r in page] == ["msgbatch_4", "msgbatch_3"] and more
+    page, more = await store.list_batches("w", limit=2, after_id="msgbatch_3", before_id=None)
+    assert [r.id for r in page] == ["msgbatch_2", "msgbatch_1"] and more
+    page, more = await store.list_batches("w", limit=2, after_id=None, before_id="msgbatch_1")
+    assert [r.id for r in page] == ["msgbatch_3", "msgbatch_2"] and more
+    page, more = await store.list_batches("w", limit=5, after_id="msgbatch_4", before_id="msgbatch_1")
+    assert [r.id for r in page] == ["msgbatch_3", "msgbatch_2"] and not more
+    other, _ = await store.list_batches("other", limit=5, after_id=None, before_id=None)
+    assert other == []
