@@ -11,7 +11,12 @@ from typing import IO
 import click
 import uvicorn
 
-from overnight.config import Settings, api_keys_from_environment, parse_api_keys
+from overnight.config import (
+    Settings,
+    api_keys_from_environment,
+    parse_api_keys,
+    upstream_api_key_from_environment,
+)
 
 logger = logging.getLogger("overnight")
 
@@ -29,10 +34,24 @@ def main() -> None:
               help="Directory for the SQLite database and any other state.")
 @click.option("--database", "database_url", default=None,
               help="SQLAlchemy database URL; overrides the SQLite file in --data-dir.")
-@click.option("--backend", default="fake", show_default=True,
-              help="Backend that serves every model (fake).")
-@click.option("--fake-latency-ms", default=0.0, show_default=True, type=float,
+@click.option("--backend", default="local", show_default=True,
+              type=click.Choice(["local", "anthropic", "openai", "fake"]),
+              help="Backend that serves every model (ignored with --config).")
+@click.option("--config", "config_file", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML file routing model names/patterns to backends (see README).")
+@click.option("--fake-latency-ms", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Latency the fake backend adds to each request.")
+@click.option("--upstream-url", default=None,
+              help="Base URL of the upstream for --backend anthropic|openai.")
+@click.option("--upstream-api-key", default=None,
+              help="Key for the upstream (also OVERNIGHT_UPSTREAM_API_KEY).")
+@click.option("--upstream-model", default=None, help="Model name sent upstream instead of the request's.")
+@click.option("--upstream-max-concurrency", default=None, type=click.IntRange(min=1),
+              help="Most calls at once to the upstream (lowered automatically on 429s).")
+@click.option("--model-path", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="GGUF file for --backend local (default: Gemma 3 270M, shipped on PyPI).")
+@click.option("--local-instances", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Copies of the local model, each running one request at a time.")
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(min=1),
               help="Requests run at once across all backends.")
 @click.option("--api-key", "api_keys", multiple=True, metavar="KEY[:WORKSPACE]",
@@ -48,6 +67,10 @@ def main() -> None:
               show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds after creation until results are archived.")
 @click.option("--public-url", default=None, help="Base URL for results_url (default: as the request came in).")
+@click.option("--max-attempts", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Backend calls per request on retryable errors (429/529/5xx/timeouts) before it errors.")
+@click.option("--retry-base-delay", "retry_base_delay_seconds", default=0.5, show_default=True,
+              type=click.FloatRange(min=0), help="First retry's backoff ceiling in seconds (doubles per retry).")
 @click.option("--lease-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
               help="How long a worker's claim on a request lasts without renewal.")
 @click.option("--sweep-interval", "sweep_interval_seconds", default=1.0, show_default=True,
@@ -58,13 +81,20 @@ def main() -> None:
               help="Unfinished requests per workspace before create answers 429 (0: off).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(log_level: str, api_keys: tuple[str, ...], public_url: str | None, **options: object) -> None:
+def serve(
+    log_level: str,
+    api_keys: tuple[str, ...],
+    public_url: str | None,
+    upstream_api_key: str | None,
+    **options: object,
+) -> None:
     """Start the server on its embedded defaults (SQLite in --data-dir)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = Settings(
         api_keys=parse_api_keys([*api_keys_from_environment(), *api_keys]),
         public_url=public_url.rstrip("/") if public_url else None,
+        upstream_api_key=upstream_api_key or upstream_api_key_from_environment(),
         **options,  # type: ignore[arg-type]
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 DEFAULT_WORKSPACE = "default"
 API_KEYS_ENV = "OVERNIGHT_API_KEYS"
+UPSTREAM_API_KEY_ENV = "OVERNIGHT_UPSTREAM_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -17,9 +18,15 @@ class Settings:
     port: int = 8000
     data_dir: Path = Path("overnight-data")
     database_url: str | None = None
-    backend: str = "fake"
+    backend: str = "local"
     config_file: Path | None = None
     fake_latency_ms: float = 0.0
+    upstream_url: str | None = None
+    upstream_api_key: str | None = None
+    upstream_model: str | None = None
+    upstream_max_concurrency: int | None = None
+    model_path: Path | None = None
+    local_instances: int = 1
     concurrency: int = 32
     api_keys: Mapping[str, str] = field(default_factory=dict)
     """API key → workspace. Empty means open mode: any key, one default workspace."""
@@ -28,6 +35,9 @@ class Settings:
     batch_ttl_seconds: float = 86_400.0
     results_retention_seconds: float = 29 * 86_400.0
     public_url: str | None = None
+    max_attempts: int = 5
+    """Calls per request on retryable backend errors (429, 529, 5xx, timeouts) before it is errored."""
+    retry_base_delay_seconds: float = 0.5
     lease_seconds: float = 60.0
     sweep_interval_seconds: float = 1.0
     rate_limit_per_minute: int = 0
@@ -56,6 +66,10 @@ def parse_api_keys(values: Iterable[str]) -> dict[str, str]:
             key, _, workspace = item.partition(":")
             keys[key] = workspace or DEFAULT_WORKSPACE
     return keys
+
+
+def upstream_api_key_from_environment() -> str | None:
+    return os.environ.get(UPSTREAM_API_KEY_ENV) or None
 
 
 def api_keys_from_environment() -> list[str]:

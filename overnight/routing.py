@@ -154,9 +154,7 @@ def parse_backend_spec(data: Mapping[str, Any]) -> AnthropicSpec | OpenAISpec | 
         raise RouterConfigError(f"backend: {_describe(exc)}") from None
 
 
-def build_backend(
-    name: str, spec: AnthropicSpec | OpenAISpec | LocalSpec | FakeSpec, data_dir: Path
-) -> Backend:
+def build_backend(name: str, spec: AnthropicSpec | OpenAISpec | LocalSpec | FakeSpec, data_dir: Path) -> Backend:
     """The backend a spec describes; HTTP clients are created now, a local model loads on `start()`."""
     label = name if name == spec.type else f"{spec.type}:{name}"
     if isinstance(spec, LocalSpec):
@@ -225,13 +223,24 @@ class Router:
         built = {name: build_backend(name, spec, data_dir) for name, spec in config.backends.items()}
         return cls([(route.model, built[route.backend]) for route in config.routes])
 
-    @property
     def backends(self) -> list[Backend]:
-        """Each distinct backend once, in route order."""
+        """Each distinct backend once, in route order (a method, as the engine's `BackendRouter` has it)."""
         seen: dict[int, Backend] = {}
         for _, backend in self._routes:
             seen.setdefault(id(backend), backend)
         return list(seen.values())
+
+    def patterns(self) -> list[str]:
+        return [pattern for pattern, _ in self._routes]
+
+    def model_ids(self) -> list[str]:
+        """Each exactly-named route, and each backend reached through a pattern under its own name."""
+        ids: list[str] = []
+        for pattern, backend in self._routes:
+            model_id = backend.name if _is_pattern(pattern) else pattern
+            if model_id not in ids:
+                ids.append(model_id)
+        return ids
 
     def resolve(self, model: str) -> Backend:
         for pattern, backend in self._routes:
@@ -241,20 +250,24 @@ class Router:
 
     async def start(self) -> None:
         """Start backends that need it (loading local models), so a bad setup fails at startup."""
-        for backend in self.backends:
+        for backend in self.backends():
             start = getattr(backend, "start", None)
             if start is not None:
                 await start()
 
     async def aclose(self) -> None:
         errors: list[BaseException] = []
-        for backend in self.backends:
+        for backend in self.backends():
             try:
                 await backend.aclose()
             except Exception as exc:  # close the others all the same
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+def _is_pattern(model: str) -> bool:
+    return any(character in model for character in "*?[")
 
 
 def _with_paths_relative_to(config: RouterConfig, base: Path) -> RouterConfig:

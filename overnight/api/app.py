@@ -9,17 +9,25 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 
 from overnight.api.auth import RateLimiter
-from overnight.api.errors import handle_http_exception, handle_overnight_error, handle_unexpected
+from overnight.api.context import Context
+from overnight.api.errors import (
+    handle_client_disconnect,
+    handle_http_exception,
+    handle_overnight_error,
+    handle_unexpected,
+)
 from overnight.api.middleware import RequestIdMiddleware
-from overnight.api.routes import Context, routes
+from overnight.api.routes import routes
 from overnight.config import Settings
 from overnight.engine import Scheduler
 from overnight.engine.calls import BackendCaller, BackendRouter, RetryPolicy
 from overnight.exceptions import OvernightError
 from overnight.service import BatchService
 from overnight.store import Store
+from overnight.timestamps import now_micros
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +39,14 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = Store(settings.resolved_database_url())
         store.migrate()
+        caller = BackendCaller(
+            router,
+            RetryPolicy(max_attempts=settings.max_attempts, base_delay_seconds=settings.retry_base_delay_seconds),
+            default_limit=settings.concurrency,
+        )
         scheduler = Scheduler(
             store,
-            BackendCaller(router, RetryPolicy()),
+            caller,
             concurrency=settings.concurrency,
             lease_seconds=settings.lease_seconds,
             sweep_interval_seconds=settings.sweep_interval_seconds,
@@ -44,7 +57,11 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
             settings=settings,
             batches=BatchService(store, settings, scheduler),
             rate_limiter=RateLimiter(settings.rate_limit_per_minute),
+            caller=caller,
+            router=router,
+            started_at=now_micros(),
         )
+        await router.start()
         await scheduler.start()
         try:
             yield
@@ -59,6 +76,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
         exception_handlers={
             OvernightError: handle_overnight_error,
             HTTPException: handle_http_exception,
+            ClientDisconnect: handle_client_disconnect,
             Exception: handle_unexpected,
         },
         lifespan=lifespan,

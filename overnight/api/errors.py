@@ -37,13 +37,19 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(request, NotFoundError(f"Not found: {request.method} {request.url.path}"))
     if exc.status_code == 405:
-        error = InvalidRequestError(f"Method {request.method} is not allowed on {request.url.path}")
-        error.status_code = 405
-        return error_response(request, error)
-    error = OvernightError(exc.detail)
-    error.status_code = exc.status_code
-    error.error_type = "invalid_request_error" if exc.status_code < 500 else "api_error"
-    return error_response(request, error)
+        not_allowed = InvalidRequestError(f"Method {request.method} is not allowed on {request.url.path}")
+        not_allowed.status_code = 405
+        return error_response(request, not_allowed)
+    other = OvernightError(exc.detail)
+    other.status_code = exc.status_code
+    other.error_type = "invalid_request_error" if exc.status_code < 500 else "api_error"
+    return error_response(request, other)
+
+
+async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
+    # The client went away mid-body: nothing was stored and nobody is left to answer.
+    logger.info("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

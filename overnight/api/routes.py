@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from overnight.api.auth import RateLimiter, authenticate
+from overnight.api import messages
+from overnight.api.auth import authenticate
 from overnight.api.body import read_capped_body
+from overnight.api.context import Context, context_of, public_base_url
 from overnight.api.responses import json_response
-from overnight.config import Settings
 from overnight.exceptions import InvalidRequestError
-from overnight.service import BatchService
-
-
-@dataclass(frozen=True)
-class Context:
-    """What handlers need, built once at start-up and kept on `app.state.context`."""
-
-    settings: Settings
-    batches: BatchService
-    rate_limiter: RateLimiter
-
-
-def _context(request: Request) -> Context:
-    return request.app.state.context  # type: ignore[no-any-return]
 
 
 def _workspace(request: Request, context: Context) -> str:
@@ -35,20 +20,16 @@ def _workspace(request: Request, context: Context) -> str:
     return workspace
 
 
-def _public_base_url(request: Request, settings: Settings) -> str:
-    return (settings.public_url or str(request.base_url)).rstrip("/")
-
-
 async def create_batch(request: Request) -> Response:
-    context = _context(request)
+    context = context_of(request)
     workspace = _workspace(request, context)
     body = await read_capped_body(request, context.settings.max_body_bytes)
-    batch = await context.batches.create(workspace, body, _public_base_url(request, context.settings))
+    batch = await context.batches.create(workspace, body, public_base_url(request, context.settings))
     return json_response(batch)
 
 
 async def list_batches(request: Request) -> Response:
-    context = _context(request)
+    context = context_of(request)
     workspace = _workspace(request, context)
     query = request.query_params
     page = await context.batches.list(
@@ -56,7 +37,7 @@ async def list_batches(request: Request) -> Response:
         limit=_limit(query.get("limit")),
         after_id=query.get("after_id") or None,
         before_id=query.get("before_id") or None,
-        public_base_url=_public_base_url(request, context.settings),
+        public_base_url=public_base_url(request, context.settings),
     )
     return json_response(page)
 
@@ -74,29 +55,29 @@ def _limit(value: str | None) -> int:
 
 
 async def retrieve_batch(request: Request) -> Response:
-    context = _context(request)
+    context = context_of(request)
     workspace = _workspace(request, context)
     batch_id = request.path_params["batch_id"]
-    base_url = _public_base_url(request, context.settings)
+    base_url = public_base_url(request, context.settings)
     return json_response(await context.batches.retrieve(workspace, batch_id, base_url))
 
 
 async def cancel_batch(request: Request) -> Response:
-    context = _context(request)
+    context = context_of(request)
     workspace = _workspace(request, context)
     batch_id = request.path_params["batch_id"]
-    base_url = _public_base_url(request, context.settings)
+    base_url = public_base_url(request, context.settings)
     return json_response(await context.batches.cancel(workspace, batch_id, base_url))
 
 
 async def delete_batch(request: Request) -> Response:
-    context = _context(request)
+    context = context_of(request)
     workspace = _workspace(request, context)
     return json_response(await context.batches.delete(workspace, request.path_params["batch_id"]))
 
 
 async def batch_results(request: Request) -> Response:
-    context = _context(request)
+    context = context_of(request)
     workspace = _workspace(request, context)
     lines = await context.batches.results(workspace, request.path_params["batch_id"])
     return StreamingResponse(lines, media_type="application/x-jsonl")
@@ -114,4 +95,8 @@ routes = [
     Route("/v1/messages/batches/{batch_id}", delete_batch, methods=["DELETE"]),
     Route("/v1/messages/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
     Route("/v1/messages/batches/{batch_id}/results", batch_results, methods=["GET"]),
+    Route("/v1/messages", messages.create_message, methods=["POST"]),
+    Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
+    Route("/v1/models", messages.list_models, methods=["GET"]),
+    Route("/v1/models/{model_id}", messages.retrieve_model, methods=["GET"]),
 ]

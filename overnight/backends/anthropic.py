@@ -18,6 +18,11 @@ from overnight.protocol.messages import MessageCreateParams
 from overnight.protocol.results import Message
 
 ANTHROPIC_VERSION = "2023-06-01"
+# What the upstream's count_tokens takes: the prompt, not the sampling options.
+_COUNT_TOKENS_KEYS = {
+    "model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
+    "context_management", "output_config", "output_format", "cache_control",
+}
 
 
 class AnthropicBackend:
@@ -35,21 +40,39 @@ class AnthropicBackend:
         self.max_concurrency = max_concurrency
         self.upstream_model = upstream_model
         self._url = endpoint(base_url, "messages")
+        self._count_url = endpoint(base_url, "messages/count_tokens")
         self._api_key = api_key
         self._client = make_client(timeout_seconds=timeout_seconds, max_concurrency=max_concurrency)
+
+    async def start(self) -> None:
+        return None
+
+    def _headers(self, params: MessageCreateParams) -> dict[str, str]:
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        if self._api_key:
+            headers["x-api-key"] = self._api_key
+        if params.betas:
+            headers["anthropic-beta"] = ",".join(params.betas)
+        return headers
+
+    async def count_tokens(self, params: MessageCreateParams) -> int:
+        body = {key: value for key, value in params.forwardable().items() if key in _COUNT_TOKENS_KEYS}
+        if self.upstream_model is not None:
+            body["model"] = self.upstream_model
+        result = await post_json(
+            self._client, self._count_url, body=body, headers=self._headers(params), upstream=self.name
+        )
+        tokens = result.get("input_tokens")
+        if not isinstance(tokens, int):
+            raise ApiError(f"{self.name} answered count_tokens without an integer input_tokens")
+        return tokens
 
     async def create_message(self, params: MessageCreateParams) -> Message:
         body = params.forwardable()
         body["stream"] = False
         if self.upstream_model is not None:
             body["model"] = self.upstream_model
-
-        headers = {"anthropic-version": ANTHROPIC_VERSION}
-        if self._api_key:
-            headers["x-api-key"] = self._api_key
-        if params.betas:
-            headers["anthropic-beta"] = ",".join(params.betas)
-
+        headers = self._headers(params)
         result = await post_json(self._client, self._url, body=body, headers=headers, upstream=self.name)
         if result.get("type") != "message":
             raise ApiError(f"{self.name} answered with a {result.get('type')!r} object, not a message")

@@ -26,12 +26,20 @@ class Backend(Protocol):
     max_concurrency: int | None
     """How many calls this backend takes at once (None: only the engine's own limit applies)."""
 
+    async def start(self) -> None:
+        """Load models or check connections before the first request (may do nothing)."""
+        ...
+
     async def create_message(self, params: MessageCreateParams) -> Message:
         """Run one non-streaming Messages request and return the complete Message.
 
         Called concurrently from many tasks on the event loop: a blocking backend must move its work
         off the loop itself. Raise `overnight.exceptions` errors, never vendor exceptions.
         """
+        ...
+
+    async def count_tokens(self, params: MessageCreateParams) -> int:
+        """The input tokens `params` would use on this backend (`/v1/messages/count_tokens`)."""
         ...
 
     async def aclose(self) -> None:

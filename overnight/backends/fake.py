@@ -25,6 +25,12 @@ class FakeBackend:
             await asyncio.sleep(self.latency_seconds)
         return reply_to(params)
 
+    async def start(self) -> None:
+        return None
+
+    async def count_tokens(self, params: MessageCreateParams) -> int:
+        return max(1, _input_words(params))
+
     async def aclose(self) -> None:
         return None
 

