@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 import click
@@ -119,11 +121,19 @@ def serve(
     logger.info("overnight serving on http://%s:%d (data in %s)", settings.host, settings.port,
                 settings.data_dir.resolve())
     server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the handler that
+    # was there before it; a no-op one there makes a clean shutdown exit 0, as a service manager expects.
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, _after_graceful_shutdown)
     server.run()
     if lock is not None:
         lock.close()
     if not server.started:
         sys.exit(1)
+
+
+def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
+    return None
 
 
 def _lock_data_dir(settings: Settings) -> IO[str]:

@@ -1,0 +1,243 @@
+"""LocalBackend on the real Gemma 3 270M GGUF: generation, limits, stop sequences, concurrency, refusals.
+
+The packaged model is the pretrained Gemma 3 270M, so its answers are real text but rarely sensible;
+greedy decoding (temperature 0) makes them repeatable, which the stop-sequence test relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overnight.backends.local import LocalBackend, LocalModelError, default_model_path
+from overnight.exceptions import InvalidRequestError
+from overnight.protocol.messages import MessageCreateParams
+
+
+def make_params(**overrides: Any) -> MessageCreateParams:
+    data: dict[str, Any] = {
+        "model": "gemma-3-270m",
+        "max_tokens": 24,
+        "messages": [{"role": "user", "content": "Tell me about the moon."}],
+        "temperature": 0.0,
+    }
+    data.update(overrides)
+    return MessageCreateParams.model_validate(data)
+
+
+@pytest.fixture
+async def backend(gemma_data_dir: Path) -> AsyncIterator[LocalBackend]:
+    backend = LocalBackend(data_dir=gemma_data_dir, n_ctx=512, seed=7)
+    await backend.start()
+    yield backend
+    await backend.aclose()
+
+
+@pytest.mark.local_model
+async def test_generates_real_text_with_token_counts(backend: LocalBackend) -> None:
+    result = await backend.create_message(make_params(system="You are an astronomer."))
+    assert result["type"] == "message" and result["role"] == "assistant"
+    assert result["id"].startswith("msg_")
+    assert result["model"] == "gemma-3-270m"
+    [block] = result["content"]
+    assert block["type"] == "text" and block["text"].strip()
+    assert result["stop_reason"] in ("end_turn", "max_tokens")
+    assert result["usage"]["input_tokens"] > 10  # system + question + Gemma's turn tokens
+    assert 0 < result["usage"]["output_tokens"] <= 24
+    assert result["usage"]["service_tier"] == "batch"
+    assert backend.max_concurrency == 1
+
+
+@pytest.mark.local_model
+async def test_max_tokens_is_respected(backend: LocalBackend) -> None:
+    result = await backend.create_message(make_params(max_tokens=3))
+    assert result["stop_reason"] == "max_tokens"
+    assert result["stop_sequence"] is None
+    assert result["usage"]["output_tokens"] == 3
+
+
+@pytest.mark.local_model
+async def test_stop_sequence_cuts_the_text_and_is_reported(backend: LocalBackend) -> None:
+    free = await backend.create_message(make_params(max_tokens=24))
+    text = free["content"][0]["text"]
+    # A stop string taken from the middle of what greedy decoding writes, so it will be written again.
+    words = text.split()
+    assert len(words) >= 3, text
+    stop = words[2]
+    expected = text[: text.find(stop)]
+
+    result = await backend.create_message(make_params(max_tokens=24, stop_sequences=["never-appears", stop]))
+
+    assert result["stop_reason"] == "stop_sequence"
+    assert result["stop_sequence"] == stop
+    assert result["content"] == ([{"type": "text", "text": expected, "citations": None}] if expected else [])
+    assert result["usage"]["output_tokens"] < free["usage"]["output_tokens"]
+
+
+@pytest.mark.local_model
+async def test_the_same_seed_gives_the_same_sample(backend: LocalBackend) -> None:
+    params = make_params(temperature=1.0, top_p=0.95, top_k=50, max_tokens=12)
+    first = await backend.create_message(params)
+    second = await backend.create_message(params)
+    assert first["content"] == second["content"]
+
+
+@pytest.mark.local_model
+async def test_generation_does_not_block_the_event_loop(backend: LocalBackend) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    started = time.monotonic()
+    results = await asyncio.gather(*(backend.create_message(make_params(max_tokens=32)) for _ in range(3)))
+    elapsed = time.monotonic() - started
+    ticking.cancel()
+
+    assert all(result["usage"]["output_tokens"] > 0 for result in results)
+    # A blocked loop would tick only between calls; a free one ticks through all of them.
+    assert elapsed > 0.2
+    assert ticks >= elapsed / 0.01 * 0.25, (ticks, elapsed)
+
+
+@pytest.mark.local_model
+async def test_a_pool_of_instances_serves_concurrent_calls(gemma_data_dir: Path) -> None:
+    backend = LocalBackend(data_dir=gemma_data_dir, instances=2, n_ctx=256, n_threads=1, seed=3)
+    try:
+        assert backend.max_concurrency == 2
+        results = await asyncio.gather(
+            *(
+                backend.create_message(make_params(max_tokens=8, messages=[{"role": "user", "content": q}]))
+                for q in ("Name a colour.", "Name a fruit.", "Name a city.", "Name a river.")
+            )
+        )
+    finally:
+        await backend.aclose()
+    assert [result["usage"]["output_tokens"] > 0 for result in results] == [True] * 4
+
+
+@pytest.mark.local_model
+async def test_cancelling_a_call_stops_its_generation(backend: LocalBackend) -> None:
+    # Long enough (hundreds of tokens) that only a real stop frees the single instance quickly.
+    long_call = asyncio.create_task(backend.create_message(make_params(max_tokens=400, temperature=1.0)))
+    await asyncio.sleep(0.3)
+    long_call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await long_call
+
+    started = time.monotonic()
+    result = await backend.create_message(make_params(max_tokens=2))
+    assert result["usage"]["output_tokens"] == 2
+    assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.local_model
+async def test_context_window_limits(gemma_data_dir: Path) -> None:
+    backend = LocalBackend(data_dir=gemma_data_dir, n_ctx=64, seed=1)
+    try:
+        with pytest.raises(InvalidRequestError, match="context window is 64"):
+            await backend.create_message(make_params(messages=[{"role": "user", "content": "word " * 100}]))
+        # Room for fewer tokens than max_tokens: the window ends the turn, and says so.
+        result = await backend.create_message(make_params(max_tokens=200, temperature=1.0))
+    finally:
+        await backend.aclose()
+    if result["stop_reason"] != "end_turn":
+        assert result["stop_reason"] == "model_context_window_exceeded"
+        assert result["usage"]["input_tokens"] + result["usage"]["output_tokens"] == 64
+
+
+@pytest.mark.local_model
+async def test_prefill_is_continued(backend: LocalBackend) -> None:
+    result = await backend.create_message(
+        make_params(
+            messages=[{"role": "user", "content": "Count."}, {"role": "assistant", "content": "1, 2, 3,"}], max_tokens=6
+        )
+    )
+    assert result["usage"]["output_tokens"] > 0
+
+
+def test_default_model_is_written_once_under_the_data_dir(gemma_data_dir: Path) -> None:
+    path = default_model_path(gemma_data_dir)
+    assert path == gemma_data_dir / "models" / "gemma-3-270m-q4_k_m.gguf"
+    before = path.stat()
+    assert default_model_path(gemma_data_dir) == path
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".partial")]
+
+
+async def test_a_missing_model_file_fails_start_clearly(tmp_path: Path) -> None:
+    backend = LocalBackend(data_dir=tmp_path, model_path=tmp_path / "nope.gguf")
+    with pytest.raises(LocalModelError, match="not found"):
+        await backend.start()
+    assert not LocalModelError("x").retryable
+
+
+@pytest.mark.parametrize(
+    ("overrides", "feature"),
+    [
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}],
+                    }
+                ]
+            },
+            "image blocks",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}
+                        ],
+                    }
+                ]
+            },
+            "document blocks",
+        ),
+        ({"tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]}, "tools"),
+        ({"tools": [{"name": "t", "input_schema": {"type": "object"}}], "tool_choice": {"type": "auto"}}, "tools"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "extended thinking"),
+        ({"mcp_servers": [{"type": "url", "url": "https://mcp.example.com", "name": "m"}]}, "mcp_servers"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "x", "input": {}}]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]},
+                ]
+            },
+            "tool_use blocks",
+        ),
+    ],
+)
+async def test_unsupported_features_are_refused_before_loading(
+    tmp_path: Path, overrides: dict[str, Any], feature: str
+) -> None:
+    # A model path that does not exist proves the refusal needs no model.
+    backend = LocalBackend(data_dir=tmp_path, model_path=tmp_path / "absent.gguf")
+    with pytest.raises(InvalidRequestError) as caught:
+        await backend.create_message(make_params(**overrides))
+    assert feature in caught.value.message
+    assert "local" in caught.value.message
+
+
+async def test_tools_with_tool_choice_none_are_accepted(tmp_path: Path) -> None:
+    backend = LocalBackend(data_dir=tmp_path, model_path=tmp_path / "absent.gguf")
+    params = make_params(tools=[{"name": "t", "input_schema": {"type": "object"}}], tool_choice={"type": "none"})
+    with pytest.raises(LocalModelError):  # got past the refusals, to loading the (absent) model
+        await backend.create_message(params)

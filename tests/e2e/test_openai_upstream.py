@@ -1,0 +1,135 @@
+"""`--backend openai` end to end: overnight in front of llama-cpp-python's own OpenAI-compatible server.
+
+Two real servers on 127.0.0.1: `python -m llama_cpp.server` on the packaged Gemma 3 270M GGUF (it requires
+a bearer key) and `python -m overnight serve --backend openai --upstream-url ...`, driven by the SDK. The
+model writes real but not meaningful text, so the checks are on the round trip: text, usage, stop
+reasons, the client's model name, and a wrong key becoming an errored result without retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anthropic
+import pytest
+
+from tests.backends.conftest import LlamaServer
+from tests.e2e.conftest import StartOvernight, errored, run_batch, succeeded, text_of, user
+from tests.server import ServerProcess
+
+pytestmark = pytest.mark.local_model
+
+MODEL = "claude-via-llama"
+
+
+@pytest.fixture(scope="module")
+def front(start_overnight: StartOvernight, llama_server: LlamaServer) -> ServerProcess:
+    return start_overnight(
+        "--upstream-url",
+        llama_server.base_url,
+        "--upstream-api-key",
+        llama_server.api_key,
+        "--upstream-model",
+        "gemma",
+        backend="openai",
+    )
+
+
+@pytest.fixture
+def client(front: ServerProcess, make_client: Callable[..., anthropic.Anthropic]) -> anthropic.Anthropic:
+    return make_client(front, timeout=120.0)
+
+
+def test_a_batch_through_llama_cpp_server(client: anthropic.Anthropic) -> None:
+    requests = [
+        {
+            "custom_id": "sea",
+            "params": {
+                "model": MODEL,
+                "max_tokens": 8,
+                "temperature": 0.0,
+                "messages": user("Write a sentence about the sea."),
+            },
+        },
+        {
+            "custom_id": "multi-turn",
+            "params": {
+                "model": MODEL,
+                "max_tokens": 8,
+                "temperature": 0.0,
+                "system": "You are an astronomer.",
+                "messages": [
+                    {"role": "user", "content": "Hello."},
+                    {"role": "assistant", "content": "Hello! How can I help?"},
+                    {"role": "user", "content": [{"type": "text", "text": "Tell me about the moon."}]},
+                ],
+            },
+        },
+        {
+            "custom_id": "short",
+            "params": {"model": MODEL, "max_tokens": 3, "temperature": 0.0, "messages": user("Count to ten.")},
+        },
+    ]
+    batch, results = run_batch(client, requests, timeout=120)
+    assert batch.request_counts.succeeded == 3
+
+    for request in requests:
+        message = succeeded(results, request["custom_id"])
+        assert message.type == "message" and message.role == "assistant"
+        assert message.id.startswith("msg_")
+        assert message.model == MODEL  # the client's name, though "gemma" went upstream
+        assert text_of(message).strip(), message
+        assert message.usage.input_tokens > 0
+        assert 0 < message.usage.output_tokens <= request["params"]["max_tokens"]
+        assert message.usage.service_tier == "batch"
+        assert message.stop_reason in ("end_turn", "max_tokens")
+
+    assert succeeded(results, "multi-turn").usage.input_tokens > succeeded(results, "sea").usage.input_tokens
+    short = succeeded(results, "short")
+    assert short.stop_reason == "max_tokens"
+    assert short.usage.output_tokens == 3
+
+
+def test_messages_create_and_count_tokens(client: anthropic.Anthropic) -> None:
+    messages = user("Write a sentence about the sea.")
+    message = client.messages.create(model=MODEL, max_tokens=4, messages=messages, extra_body={"temperature": 0.0})
+    assert message.model == MODEL
+    assert text_of(message).strip()
+    assert 0 < message.usage.output_tokens <= 4
+    assert message.usage.service_tier == "standard"
+
+    counted = client.messages.count_tokens(model=MODEL, messages=messages)
+    assert counted.input_tokens == message.usage.input_tokens
+
+
+def test_a_wrong_upstream_key_errors_without_retries(
+    start_overnight: StartOvernight,
+    llama_server: LlamaServer,
+    make_client: Callable[..., anthropic.Anthropic],
+) -> None:
+    wrong = start_overnight(
+        "--upstream-url",
+        llama_server.base_url,
+        "--upstream-api-key",
+        "not-the-key",
+        "--retry-base-delay",
+        "0.01",
+        backend="openai",
+    )
+    requests = [
+        {"custom_id": f"r{i}", "params": {"model": MODEL, "max_tokens": 4, "messages": user(f"Hello {i}.")}}
+        for i in range(2)
+    ]
+    batch, results = run_batch(make_client(wrong), requests)
+    assert batch.request_counts.errored == 2
+    for custom_id in ("r0", "r1"):
+        error_type, message = errored(results, custom_id)
+        assert error_type == "authentication_error"
+        assert message.strip()
+
+    # One upstream call per request (as overnight's httpx log shows), none of them retried.
+    log = wrong.stderr_path.read_text(errors="replace")
+    calls = [line for line in log.splitlines() if "HTTP Request: POST" in line and "/v1/chat/completions" in line]
+    assert len(calls) == 2, log[-3000:]
+    assert all(" 401 " in line for line in calls), calls
+    assert "; retry " not in log, log[-3000:]
