@@ -170,21 +170,12 @@ def build_backend(name: str, spec: AnthropicSpec | OpenAISpec | LocalSpec | Fake
             min_p=spec.min_p,
             name=label,
         )
-    if isinstance(spec, AnthropicSpec):
+    if isinstance(spec, AnthropicSpec | OpenAISpec):
         from overnight.backends.anthropic import AnthropicBackend
-
-        return AnthropicBackend(
-            base_url=spec.base_url,
-            api_key=spec.resolve_api_key(name),
-            upstream_model=spec.model,
-            timeout_seconds=spec.timeout_seconds,
-            max_concurrency=spec.max_concurrency,
-            name=label,
-        )
-    if isinstance(spec, OpenAISpec):
         from overnight.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(
+        backend_class = AnthropicBackend if isinstance(spec, AnthropicSpec) else OpenAIBackend
+        return backend_class(
             base_url=spec.base_url,
             api_key=spec.resolve_api_key(name),
             upstream_model=spec.model,

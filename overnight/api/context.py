@@ -9,6 +9,7 @@ from starlette.requests import Request
 from overnight.api.auth import RateLimiter
 from overnight.config import Settings
 from overnight.engine.calls import BackendCaller, BackendRouter
+from overnight.exceptions import InvalidRequestError
 from overnight.service import BatchService
 
 
@@ -24,6 +25,19 @@ class Context:
 
 def context_of(request: Request) -> Context:
     return request.app.state.context  # type: ignore[no-any-return]
+
+
+def page_limit(value: str | None) -> int:
+    """A list endpoint's `limit` query parameter: an integer in 1..1000, 20 when absent."""
+    if value is None:
+        return 20
+    try:
+        limit = int(value)
+    except ValueError:
+        raise InvalidRequestError(f"limit: must be an integer between 1 and 1000, got {value!r}") from None
+    if not 1 <= limit <= 1000:
+        raise InvalidRequestError(f"limit: must be between 1 and 1000, got {limit}")
+    return limit
 
 
 def public_base_url(request: Request, settings: Settings) -> str:

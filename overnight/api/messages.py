@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from overnight.api.auth import authenticate
 from overnight.api.body import read_capped_body
-from overnight.api.context import context_of
+from overnight.api.context import context_of, page_limit
 from overnight.api.responses import json_response
 from overnight.exceptions import InvalidRequestError, NotFoundError
 from overnight.protocol.messages import MessageCreateParams, parse_params
@@ -68,7 +68,7 @@ async def list_models(request: Request) -> Response:
             raise InvalidRequestError(f"Unknown pagination cursor: no model with id {cursor!r}")
     start = ids.index(after_id) + 1 if after_id else 0
     end = ids.index(before_id) if before_id else len(models)
-    limit = _models_limit(query.get("limit"))
+    limit = page_limit(query.get("limit"))
     window = models[start:end]
     page = window[-limit:] if before_id and not after_id else window[:limit]
     return json_response(
@@ -79,16 +79,6 @@ async def list_models(request: Request) -> Response:
             "last_id": page[-1]["id"] if page else None,
         }
     )
-
-
-def _models_limit(value: str | None) -> int:
-    try:
-        limit = 20 if value is None else int(value)
-    except ValueError:
-        raise InvalidRequestError(f"limit: must be an integer between 1 and 1000, got {value!r}") from None
-    if not 1 <= limit <= 1000:
-        raise InvalidRequestError(f"limit: must be between 1 and 1000, got {limit}")
-    return limit
 
 
 async def retrieve_model(request: Request) -> Response:

@@ -9,9 +9,8 @@ from starlette.routing import Route
 from overnight.api import messages
 from overnight.api.auth import authenticate
 from overnight.api.body import read_capped_body
-from overnight.api.context import Context, context_of, public_base_url
+from overnight.api.context import Context, context_of, page_limit, public_base_url
 from overnight.api.responses import json_response
-from overnight.exceptions import InvalidRequestError
 
 
 def _workspace(request: Request, context: Context) -> str:
@@ -34,24 +33,12 @@ async def list_batches(request: Request) -> Response:
     query = request.query_params
     page = await context.batches.list(
         workspace,
-        limit=_limit(query.get("limit")),
+        limit=page_limit(query.get("limit")),
         after_id=query.get("after_id") or None,
         before_id=query.get("before_id") or None,
         public_base_url=public_base_url(request, context.settings),
     )
     return json_response(page)
-
-
-def _limit(value: str | None) -> int:
-    if value is None:
-        return 20
-    try:
-        limit = int(value)
-    except ValueError:
-        raise InvalidRequestError(f"limit: must be an integer between 1 and 1000, got {value!r}") from None
-    if not 1 <= limit <= 1000:
-        raise InvalidRequestError(f"limit: must be between 1 and 1000, got {limit}")
-    return limit
 
 
 async def retrieve_batch(request: Request) -> Response:

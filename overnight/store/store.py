@@ -39,26 +39,29 @@ from overnight.store.tables import batches, requests
 P = ParamSpec("P")
 T = TypeVar("T")
 
+_Blocking = Callable[Concatenate["Store", P], T]
+_Awaitable = Callable[Concatenate["Store", P], Awaitable[T]]
+
 _INSERT_CHUNK = 5000
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _writes(method: Callable[Concatenate[Store, P], T]) -> Callable[Concatenate[Store, P], Awaitable[T]]:
-    @functools.wraps(method)
-    async def run(self: Store, *args: P.args, **kwargs: P.kwargs) -> T:
-        call = functools.partial(method, self, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._writer, call)
+def _on_thread(pool: str) -> Callable[[_Blocking[P, T]], _Awaitable[P, T]]:
+    """Make a blocking store method awaitable, running it on the store's `pool` executor."""
 
-    return run
+    def decorate(method: _Blocking[P, T]) -> _Awaitable[P, T]:
+        @functools.wraps(method)
+        async def run(self: Store, *args: P.args, **kwargs: P.kwargs) -> T:
+            call = functools.partial(method, self, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(getattr(self, pool), call)
+
+        return run
+
+    return decorate
 
 
-def _reads(method: Callable[Concatenate[Store, P], T]) -> Callable[Concatenate[Store, P], Awaitable[T]]:
-    @functools.wraps(method)
-    async def run(self: Store, *args: P.args, **kwargs: P.kwargs) -> T:
-        call = functools.partial(method, self, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._reader, call)
-
-    return run
+_writes = _on_thread("_writer")
+_reads = _on_thread("_reader")
 
 
 class UnknownCursorError(LookupError):
