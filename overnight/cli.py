@@ -12,6 +12,7 @@ from typing import IO
 
 import click
 import uvicorn
+import uvloop
 
 from overnight.config import (
     Settings,
@@ -19,6 +20,7 @@ from overnight.config import (
     parse_api_keys,
     upstream_api_key_from_environment,
 )
+from overnight.exceptions import OvernightError
 
 logger = logging.getLogger("overnight")
 
@@ -106,9 +108,9 @@ def serve(
 
     if settings.open_mode:
         logger.warning("no API keys configured: accepting any key (one workspace, 'default')")
-    app = create_app(settings, router_from_settings(settings))
+    router = router_from_settings(settings)
     config = uvicorn.Config(
-        app,
+        create_app(settings, router),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -118,14 +120,25 @@ def serve(
         access_log=log_level == "debug",
         timeout_graceful_shutdown=10,
     )
-    logger.info("overnight serving on http://%s:%d (data in %s)", settings.host, settings.port,
-                settings.data_dir.resolve())
     server = uvicorn.Server(config)
+
+    async def start_backends_then_serve() -> None:
+        # Backends start on the loop that will serve them (their queues and clients belong to it), and
+        # before the server listens, so a bad model or config is one clear error, not a traceback.
+        try:
+            await router.start()
+        except OvernightError as exc:
+            await router.aclose()
+            raise click.ClickException(f"cannot start the backends: {exc.message}") from None
+        logger.info("overnight serving on http://%s:%d (data in %s)", settings.host, settings.port,
+                    settings.data_dir.resolve())
+        await server.serve()
+
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the handler that
     # was there before it; a no-op one there makes a clean shutdown exit 0, as a service manager expects.
     for handled in (signal.SIGTERM, signal.SIGINT):
         signal.signal(handled, _after_graceful_shutdown)
-    server.run()
+    uvloop.run(start_backends_then_serve())
     if lock is not None:
         lock.close()
     if not server.started:

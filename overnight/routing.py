@@ -286,5 +286,7 @@ def _describe(exc: ValidationError) -> str:
             message = f"type must be one of {', '.join(_BACKEND_TYPES)}"
         elif error["type"] == "union_tag_not_found":
             message = f"type is required (one of {', '.join(_BACKEND_TYPES)})"
+        elif error["type"] == "value_error":
+            message = str(error.get("ctx", {}).get("error", message))  # without pydantic's "Value error, "
         lines.append(f"{location}: {message}" if location else message)
     return "; ".join(lines)

@@ -33,7 +33,11 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, router: BackendRouter) -> Starlette:
-    """An ASGI app that owns its store and engine for the length of its lifespan."""
+    """An ASGI app that owns its store and engine for the length of its lifespan.
+
+    The router's backends must already be started (`await router.start()`, on the serving loop);
+    the app closes them when it shuts down.
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -61,7 +65,6 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
             router=router,
             started_at=now_micros(),
         )
-        await router.start()
         await scheduler.start()
         try:
             yield

@@ -4,17 +4,19 @@ Everything here runs as separate processes on 127.0.0.1 and is driven through th
 SDK with strict response validation (`make_client` from `tests/conftest.py`):
 
 - `start_overnight(*args, backend=...)`: start overnight servers for one module; each is stopped with
-  SIGTERM at the end of the module and must shut its backends down in time and without an error.
+  SIGTERM at the end of the module and must exit 0, having shut its backends down without an error.
 - `gemma_model_path`: the packaged Gemma 3 270M GGUF, written once per session (from the backend tests'
   fixtures), passed as `--model-path` so no server copies the 250 MB model again.
 - `llama_server`: llama-cpp-python's own OpenAI-compatible server on that GGUF (backend tests' fixture).
 - `ProgrammableUpstream` / `programmable_upstream`: a real Anthropic-style HTTP upstream whose answers are
   scripted per prompt (the last user message's text): so many 429/529/500s, then a success. It records
-  every call with its arrival time, so the tests count calls per request and measure backoff upstream.
+  every call with its arrival and reply times and the calls in flight, so the tests count calls per
+  request and measure backoff and concurrency upstream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -25,6 +27,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from anthropic.types import MessageParam
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -54,13 +57,12 @@ def start_overnight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartO
         if not proc.running:
             continue
         try:
-            # The exit status after SIGTERM is tests/api/test_recovery.py's to check; here: the backends
-            # (a loaded model, HTTP clients) shut down within the timeout and without an error.
-            proc.stop(expect_code=None)
+            proc.stop()  # SIGTERM: exits 0 within the timeout
         except AssertionError as exc:
             problems.append(str(exc))
             continue
         last_run = proc.stderr_path.read_text(errors="replace").rsplit("===== start #", 1)[-1]
+        # ...having shut its backends (a loaded model, HTTP clients) down without an error
         if "Application shutdown complete." not in last_run or "Traceback" in last_run:
             problems.append(f"unclean shutdown of {' '.join(proc.command())}:\n{last_run[-4000:]}")
     assert not problems, "\n\n".join(problems)
@@ -121,19 +123,26 @@ def text_of(message: Any) -> str:
     return "".join(block.text for block in message.content)
 
 
-def user(text: str) -> list[dict[str, Any]]:
+def user(text: str) -> list[MessageParam]:
     return [{"role": "user", "content": text}]
 
 
 # -- a programmable Anthropic upstream -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class Call:
     at: float  # time.monotonic() when the request arrived
     prompt: str
     body: Any
     headers: dict[str, str]
+    in_flight: int  # calls being handled when this one arrived, itself included
+    ended: float | None = None  # time.monotonic() when its reply was sent
+
+
+def success(delay_seconds: float = 0.0) -> Reply:
+    """The upstream's default success (see `ProgrammableUpstream`), sent after `delay_seconds`."""
+    return Reply(200, None, delay_seconds=delay_seconds)
 
 
 def anthropic_error(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> Reply:
@@ -155,13 +164,15 @@ class ProgrammableUpstream(ScriptedUpstream):
     """`POST /v1/messages` answering per prompt: that prompt's scripted replies in order, then a success.
 
     The success is `{"text": "upstream: PROMPT"}` as a complete Message, with the model name it was sent,
-    `end_turn`, and usage counting words (input) and 2 (output).
+    `end_turn`, and usage counting words (input) and 2 (output); a scripted `success(delay)` sends it late.
+    Every call is recorded with its arrival and reply times and how many calls were in flight.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.scripts: dict[str, list[Reply]] = {}
         self.calls: list[Call] = []
+        self._in_flight = 0
 
     def script(self, prompt: str, *replies: Reply) -> str:
         with self._lock:
@@ -180,18 +191,26 @@ class ProgrammableUpstream(ScriptedUpstream):
 
     async def _handle(self, request: Request) -> Response:
         arrived = time.monotonic()
-        body = json.loads(await request.body() or b"null")
-        prompt = _last_user_text(body)
         with self._lock:
-            headers = dict(request.headers)
-            self.requests.append(Recorded(request.url.path, headers, body))
-            self.calls.append(Call(arrived, prompt, body, headers))
-            script = self.scripts.get(prompt)
-            reply = script.pop(0) if script else None
-        if reply is None:
-            reply = Reply(200, success_message(body, prompt))
-        content = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
-        return Response(content, status_code=reply.status, headers=reply.headers, media_type="application/json")
+            self._in_flight += 1
+            call = Call(arrived, "", None, dict(request.headers), self._in_flight)
+        try:
+            call.body = json.loads(await request.body() or b"null")
+            call.prompt = _last_user_text(call.body)
+            with self._lock:
+                self.requests.append(Recorded(request.url.path, call.headers, call.body))
+                self.calls.append(call)
+                script = self.scripts.get(call.prompt)
+                reply = script.pop(0) if script else success()
+            if reply.delay_seconds:
+                await asyncio.sleep(reply.delay_seconds)
+            body = success_message(call.body, call.prompt) if reply.body is None and reply.raw is None else reply.body
+            content = reply.raw if reply.raw is not None else json.dumps(body).encode()
+            return Response(content, status_code=reply.status, headers=reply.headers, media_type="application/json")
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                call.ended = time.monotonic()
 
 
 def success_message(body: Any, prompt: str) -> dict[str, Any]:
@@ -215,6 +234,7 @@ def success_message(body: Any, prompt: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def programmable_upstream() -> Iterator[ProgrammableUpstream]:
-    upstream = ProgrammableUpstream().start()
+    upstream = ProgrammableUpstream()
+    upstream.start()
     yield upstream
     upstream.stop()

@@ -139,7 +139,7 @@ def test_a_wrong_upstream_key_errors_without_retries(
         backend="anthropic",
     )
     before = upstream_calls(upstream)
-    requests = [
+    requests: list[dict[str, Any]] = [
         {"custom_id": f"r{i}", "params": {"model": MODEL, "max_tokens": 8, "messages": user(f"hi {i}")}}
         for i in range(3)
     ]

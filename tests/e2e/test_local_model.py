@@ -15,6 +15,7 @@ from typing import Any
 import anthropic
 import pytest
 
+from tests.api.helpers import assert_sdk_error
 from tests.e2e.conftest import StartOvernight, errored, run_batch, succeeded, text_of, user
 from tests.server import ServerProcess
 
@@ -34,7 +35,7 @@ def client(local_server: ServerProcess, make_client: Callable[..., anthropic.Ant
     return make_client(local_server, timeout=120.0)
 
 
-def params(messages: list[dict[str, Any]], max_tokens: int, **extra: Any) -> dict[str, Any]:
+def params(messages: list[Any], max_tokens: int, **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "max_tokens": max_tokens, "messages": messages, **extra}
 
 
@@ -150,6 +151,5 @@ def test_unsupported_features_are_refused_by_messages_create(client: anthropic.A
             messages=user("What is the weather?"),
             tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
         )
-    assert caught.value.status_code == 400
-    assert caught.value.type == "invalid_request_error"
-    assert "tools" in caught.value.api_message and "local backend" in caught.value.api_message
+    message = assert_sdk_error(caught.value, 400, "invalid_request_error")
+    assert "tools" in message and "local backend" in message, message

@@ -9,6 +9,7 @@ reasons, the client's model name, and a wrong key becoming an errored result wit
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import anthropic
 import pytest
@@ -41,7 +42,7 @@ def client(front: ServerProcess, make_client: Callable[..., anthropic.Anthropic]
 
 
 def test_a_batch_through_llama_cpp_server(client: anthropic.Anthropic) -> None:
-    requests = [
+    requests: list[dict[str, Any]] = [
         {
             "custom_id": "sea",
             "params": {
@@ -116,7 +117,7 @@ def test_a_wrong_upstream_key_errors_without_retries(
         "0.01",
         backend="openai",
     )
-    requests = [
+    requests: list[dict[str, Any]] = [
         {"custom_id": f"r{i}", "params": {"model": MODEL, "max_tokens": 4, "messages": user(f"Hello {i}.")}}
         for i in range(2)
     ]

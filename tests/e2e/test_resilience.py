@@ -9,13 +9,16 @@ call arrived. The front runs `--backend anthropic --max-attempts 4 --retry-base-
   own message (429 → rate_limit_error, 529 → overloaded_error, 500 → api_error);
 - a 400 is errored `invalid_request_error` after exactly 1 call;
 - retries are spaced by full-jitter exponential backoff (each wait in [0, 0.05·2^(n-1)] s, plus slack
-  for scheduling), and never sooner than the upstream's `retry-after`.
+  for scheduling), and never sooner than the upstream's `retry-after`;
+- a 429 halves the backend's concurrency (and successes raise it again), as the upstream sees it;
+- an upstream slower than `timeout_seconds`, or not listening at all, is retried and ends as `api_error`.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 
 import anthropic
 import pytest
@@ -29,10 +32,12 @@ from tests.e2e.conftest import (
     errored,
     run_batch,
     succeeded,
+    success,
     text_of,
     user,
+    write_config,
 )
-from tests.server import ServerProcess
+from tests.server import ServerProcess, free_port
 
 MAX_ATTEMPTS = 4
 BASE_DELAY = 0.05
@@ -166,3 +171,98 @@ def test_messages_create_retries_too(client: anthropic.Anthropic, upstream: Prog
         client.messages.create(model="claude-e2e", max_tokens=8, messages=user("bad request"))
     assert assert_sdk_error(bad.value, 400, "invalid_request_error") == "messages: bad"
     assert len(upstream.calls_for("bad request")) == 1
+
+
+def test_429s_halve_the_backends_concurrency(
+    start_overnight: StartOvernight,
+    upstream: ProgrammableUpstream,
+    make_client: Callable[..., anthropic.Anthropic],
+) -> None:
+    """Capped at 4 calls at once, the backend drops to 2 after a 429 and climbs back on successes."""
+    capped = start_overnight(
+        "--upstream-url",
+        upstream.base_url,
+        "--upstream-max-concurrency",
+        "4",
+        "--max-attempts",
+        "3",
+        "--retry-base-delay",
+        "0.01",
+        backend="anthropic",
+    )
+    prompts = [f"crowd {i}" for i in range(8)]
+    for prompt in prompts:  # each: one immediate 429, then a success that takes 0.4 s
+        upstream.script(prompt, rate_limited(prompt, "0"), success(delay_seconds=0.4))
+    requests = [
+        {"custom_id": f"c{i}", "params": {"model": "claude-e2e", "max_tokens": 8, "messages": user(prompt)}}
+        for i, prompt in enumerate(prompts)
+    ]
+    batch, _ = run_batch(make_client(capped), requests, timeout=60)
+    assert batch.request_counts.succeeded == 8
+    for prompt in prompts:
+        assert len(upstream.calls_for(prompt)) == 2, prompt
+
+    calls = sorted((call for call in upstream.calls if call.prompt in prompts), key=lambda call: call.at)
+    assert max(call.in_flight for call in calls) <= 4  # the configured cap, always
+    # The first 4 calls go out together and are all rate limited; from then on at most 2 at once until a
+    # success comes back...
+    first_success_end = min(call.ended for call in calls if call.ended is not None and call.ended - call.at > 0.3)
+    halved = [call.in_flight for call in calls[4:] if call.at < first_success_end]
+    assert halved and max(halved) <= 2, [(round(c.at - calls[0].at, 3), c.in_flight) for c in calls]
+    # ...after which successes raise the limit again (additive increase).
+    regrown = [call.in_flight for call in calls if call.at > first_success_end]
+    assert regrown and max(regrown) >= 3, [(round(c.at - calls[0].at, 3), c.in_flight) for c in calls]
+
+
+def test_timeouts_and_an_unreachable_upstream_are_retried(
+    start_overnight: StartOvernight,
+    upstream: ProgrammableUpstream,
+    make_client: Callable[..., anthropic.Anthropic],
+    tmp_path: Path,
+) -> None:
+    config = write_config(
+        tmp_path,
+        f"""
+[backends.slow]
+type = "anthropic"
+base_url = "{upstream.base_url}"
+timeout_seconds = 0.3
+
+[backends.dead]
+type = "anthropic"
+base_url = "http://127.0.0.1:{free_port()}"
+
+[[routes]]
+model = "slow-*"
+backend = "slow"
+
+[[routes]]
+model = "dead-*"
+backend = "dead"
+""",
+    )
+    front = start_overnight(
+        "--config", str(config), "--max-attempts", "3", "--retry-base-delay", str(BASE_DELAY), backend="fake"
+    )
+    upstream.script("too slow once", success(delay_seconds=1.0))
+    upstream.script("too slow always", *[success(delay_seconds=1.0)] * 5)
+    requests = [
+        {"custom_id": "once", "params": {"model": "slow-1", "max_tokens": 8, "messages": user("too slow once")}},
+        {"custom_id": "always", "params": {"model": "slow-1", "max_tokens": 8, "messages": user("too slow always")}},
+        {"custom_id": "dead", "params": {"model": "dead-1", "max_tokens": 8, "messages": user("anyone there?")}},
+    ]
+    batch, results = run_batch(make_client(front), requests, timeout=60)
+    assert (batch.request_counts.succeeded, batch.request_counts.errored) == (1, 2)
+
+    assert text_of(succeeded(results, "once")) == "upstream: too slow once"
+    assert len(upstream.calls_for("too slow once")) == 2
+
+    error_type, message = errored(results, "always")
+    assert error_type == "api_error"
+    assert "did not answer in time" in message, message
+    assert len(upstream.calls_for("too slow always")) == 3
+
+    error_type, message = errored(results, "dead")
+    assert error_type == "api_error"
+    assert "could not be reached" in message, message
+    assert front.stderr_tail().count("backend anthropic:dead failed") == 2  # two retries logged: 3 attempts

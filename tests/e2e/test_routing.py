@@ -176,20 +176,7 @@ BAD_CONFIGS = {
 }
 
 
-MISSING_MODEL_TRACEBACK = pytest.mark.xfail(
-    strict=True,
-    reason="server bug: a backend failing to start (here a missing model file) fails uvicorn's lifespan, which "
-    "prints a Python traceback and exits 3, instead of a one-line 'Error: ...' and exit 1 like config errors",
-)
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(case, marks=MISSING_MODEL_TRACEBACK) if case == "missing-model-file" else case
-        for case in BAD_CONFIGS
-    ],
-)
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
 def test_a_bad_config_stops_the_server_at_start(case: str, tmp_path: Path) -> None:
     text, expected = BAD_CONFIGS[case]
     config = write_config(tmp_path, text)
