@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +21,10 @@ from overnight.protocol.messages import MessageCreateParams
 from overnight.protocol.results import Message
 
 logger = logging.getLogger(__name__)
+
+
+class RequestWithdrawn(Exception):
+    """The request was no longer wanted when its turn to be sent came."""
 
 
 class BackendRouter(Protocol):
@@ -68,13 +73,20 @@ class BackendCaller:
         self.default_limit = default_limit
         self._limits: dict[int, AdaptiveLimit] = {}
 
-    async def call(self, params: MessageCreateParams) -> Message:
+    async def call(self, params: MessageCreateParams, *, still_wanted: Callable[[], bool] | None = None) -> Message:
+        """Call the routed backend, retrying what may succeed later.
+
+        `still_wanted` is asked each time a backend slot is granted, right before sending: a request
+        whose batch was canceled while it queued for a slot is withdrawn (`RequestWithdrawn`) unsent.
+        """
         backend = self.router.resolve(params.model)
         limit = self._limit_for(backend)
         attempt = 1
         while True:
             try:
                 async with limit:
+                    if still_wanted is not None and not still_wanted():
+                        raise RequestWithdrawn
                     message = await backend.create_message(params)
                 await limit.succeeded()
                 return message

@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from itertools import chain, zip_longest
 
-from overnight.engine.calls import BackendCaller
+from overnight.engine.calls import BackendCaller, RequestWithdrawn
 from overnight.engine.sweeper import Sweeper
 from overnight.exceptions import ApiError, OvernightError
 from overnight.protocol.messages import parse_params
@@ -219,12 +219,19 @@ class Scheduler:
                 if len(self._unwritten) >= _FLUSH_SIZE:
                     self._flush_now.set()
 
-    async def _run(self, item: LeasedRequest) -> Completion | None:
-        status = self._batch_status.get(item.batch_seq)
-        if status is None:
-            return None  # the batch ended (expired) while this waited; its outcome is already stored
-        if status == CANCELING:
+    def _wanted(self, item: LeasedRequest) -> bool:
+        return self._batch_status.get(item.batch_seq) == IN_PROGRESS
+
+    def _unwanted_outcome(self, item: LeasedRequest) -> Completion | None:
+        """A request whose batch stopped before it was sent: canceled, or nothing if the batch ended
+        (expiry has already stored its outcome)."""
+        if self._batch_status.get(item.batch_seq) == CANCELING:
             return Completion(item.id, item.batch_seq, item.attempt, CANCELED, None)
+        return None
+
+    async def _run(self, item: LeasedRequest) -> Completion | None:
+        if not self._wanted(item):
+            return self._unwanted_outcome(item)
         if item.attempt > self.max_lease_attempts:
             return self._errored(
                 item,
@@ -233,7 +240,9 @@ class Scheduler:
             )
         try:
             params = parse_params(item.params)
-            message = await self.caller.call(params)
+            message = await self.caller.call(params, still_wanted=lambda: self._wanted(item))
+        except RequestWithdrawn:
+            return self._unwanted_outcome(item)
         except OvernightError as error:
             return self._errored(item, error)
         except Exception:
