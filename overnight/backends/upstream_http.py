@@ -11,7 +11,9 @@ import email.utils
 import time
 from typing import Any
 
-import httpx
+# httpx2 (httpx's maintained successor, which the official SDK uses too): httpx 0.28's async pool
+# spends so much time per call beyond a few dozen in flight that it cannot keep an upstream busy.
+import httpx2
 
 from overnight.exceptions import (
     ApiError,
@@ -50,26 +52,26 @@ def endpoint(base_url: str, path: str) -> str:
     return f"{base}/v1/{path}"
 
 
-def make_client(*, timeout_seconds: float, max_concurrency: int | None) -> httpx.AsyncClient:
+def make_client(*, timeout_seconds: float, max_concurrency: int | None) -> httpx2.AsyncClient:
     """One pooled client per backend; the pool is as wide as the backend's concurrency cap."""
-    limits = httpx.Limits(
+    limits = httpx2.Limits(
         max_connections=max_concurrency,
         max_keepalive_connections=max_concurrency if max_concurrency is not None else 20,
     )
     # Connecting should be quick even when generating takes minutes; the overall budget still applies.
-    timeout = httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 30.0))
-    return httpx.AsyncClient(timeout=timeout, limits=limits)
+    timeout = httpx2.Timeout(timeout_seconds, connect=min(timeout_seconds, 30.0))
+    return httpx2.AsyncClient(timeout=timeout, limits=limits)
 
 
 async def post_json(
-    client: httpx.AsyncClient, url: str, *, body: dict[str, Any], headers: dict[str, str], upstream: str
+    client: httpx2.AsyncClient, url: str, *, body: dict[str, Any], headers: dict[str, str], upstream: str
 ) -> dict[str, Any]:
     """POST `body` and return the JSON object of a 2xx answer; raise the mapped error otherwise."""
     try:
         response = await client.post(url, json=body, headers=headers)
-    except httpx.TimeoutException as exc:
+    except httpx2.TimeoutException as exc:
         raise UpstreamTimeoutError(f"{upstream} did not answer in time ({type(exc).__name__})") from None
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         # Connection refused/reset, protocol errors: a later attempt may well succeed.
         raise ApiError(f"{upstream} could not be reached: {type(exc).__name__}: {exc}") from None
 
@@ -84,7 +86,7 @@ async def post_json(
     raise error_for_response(response, upstream=upstream)
 
 
-def error_for_response(response: httpx.Response, *, upstream: str) -> OvernightError:
+def error_for_response(response: httpx2.Response, *, upstream: str) -> OvernightError:
     """The typed error for a non-2xx upstream answer, carrying the upstream's own message."""
     status = response.status_code
     detail = upstream_error_message(response)
@@ -105,7 +107,7 @@ def error_for_response(response: httpx.Response, *, upstream: str) -> OvernightE
     return error_class(message, retry_after_seconds=retry_after)
 
 
-def upstream_error_message(response: httpx.Response) -> str | None:
+def upstream_error_message(response: httpx2.Response) -> str | None:
     """The message inside the upstream's error envelope, whichever common shape it has.
 
     Anthropic: `{"type": "error", "error": {"type": ..., "message": ...}}`; OpenAI and most compatible
@@ -133,7 +135,7 @@ def upstream_error_message(response: httpx.Response) -> str | None:
     return str(data)[:_MAX_ERROR_TEXT]
 
 
-def retry_after_seconds(headers: httpx.Headers) -> float | None:
+def retry_after_seconds(headers: httpx2.Headers) -> float | None:
     """Seconds to wait, from `retry-after-ms` (preferred: finer) or `retry-after` (seconds or HTTP date)."""
     milliseconds = headers.get("retry-after-ms")
     if milliseconds is not None:
