@@ -1,4 +1,4 @@
-"""Periodic housekeeping: expire batches, archive old results, recover lapsed leases."""
+"""Periodic housekeeping: expire batches, archive old results, recover lapsed leases, checkpoint."""
 
 from __future__ import annotations
 
@@ -47,3 +47,4 @@ class Sweeper:
         if recovered:
             logger.warning("%d requests had lapsed leases and will run again", recovered)
             self.listener.wake()
+        await self.store.checkpoint()

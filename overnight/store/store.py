@@ -74,6 +74,7 @@ class Store:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._writer = ThreadPoolExecutor(1 if self.is_sqlite else 4, thread_name_prefix="store-write")
         self._reader = ThreadPoolExecutor(4, thread_name_prefix="store-read")
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="store-checkpoint")
         # PostgreSQL lets several workers lease at once; SQLite has a single writer anyway.
         self._skip_locked = "" if self.is_sqlite else " FOR UPDATE SKIP LOCKED"
 
@@ -88,7 +89,16 @@ class Store:
     def close(self) -> None:
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
+        self._checkpointer.shutdown(wait=True)
         self.engine.dispose()
+
+    @_on_thread("_checkpointer")
+    def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database file (SQLite), beside writers, never blocking them."""
+        if not self.is_sqlite:
+            return
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
 
     # --- batches: the API's operations -------------------------------------------------------
 
@@ -224,9 +234,12 @@ class Store:
                 parts: list[bytes] = []
                 size = 0
                 while rows := cursor.fetchmany(2000):
-                    for custom_id, line in rows:
-                        parts.append(line if line is not None else bare_line(custom_id, state))
-                    size += sum(map(len, parts[-len(rows):]))
+                    if state in (SUCCEEDED, ERRORED):
+                        page = b"".join([line for _, line in rows])  # stored as finished JSONL lines
+                    else:
+                        page = b"".join([bare_line(custom_id, state) for custom_id, _ in rows])
+                    parts.append(page)
+                    size += len(page)
                     if size >= chunk_bytes:
                         yield b"".join(parts)
                         parts, size = [], 0
