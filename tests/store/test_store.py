@@ -181,3 +181,19 @@ async def test_list_pages_both_ways(store: Store) -> None:
     assert [r.id for r in page] == ["msgbatch_3", "msgbatch_2"] and not more
     other, _ = await store.list_batches("other", limit=5, after_id=None, before_id=None)
     assert other == []
+
+
+async def test_checkpoint_moves_every_committed_page_into_the_database_file(store: Store, tmp_path: Path) -> None:
+    database = tmp_path / "db.sqlite3"
+    size_before = database.stat().st_size
+    big = b'{"model":"m","pad":"%s"}' % (b"x" * 4000)
+    await store.insert_batch(
+        batch_id="msgbatch_big", workspace="w", created_at=1, expires_at=FAR_FUTURE,
+        items=[(f"r{i}", big) for i in range(3000)],  # ~12 MB: past SQLite's default auto-checkpoint
+    )
+    # Automatic checkpoints are off: the commit left its pages in the WAL, not in the database file.
+    assert database.stat().st_size == size_before
+    await store.checkpoint()
+    assert database.stat().st_size > 12_000_000
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == 8192
