@@ -261,7 +261,11 @@ class _Instance:
     def _load(self, path: Path, n_ctx: int, n_threads: int) -> None:
         import llama_cpp
 
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+        # Prompt processing gets the same threads as generation: by default it would take every core
+        # and compete with the event loop and the other instances.
+        llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, verbose=False
+        )
         self._llm = llm
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
         end_of_turn = llm.tokenize(END_OF_TURN.encode(), add_bos=False, special=True)

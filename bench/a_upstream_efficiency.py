@@ -1,0 +1,225 @@
+"""(a) Efficiency on a capacity-limited upstream: does overnight keep a slow, narrow model busy?
+
+The upstream (`bench/_upstream.py`, its own process) is an Anthropic Messages server with C slots
+and L ms per call (default C=32, L=50: at most 640 calls/s). Both clients keep 2xC calls in flight,
+so the upstream always has a queue and never waits for a client:
+
+- baseline: a direct asyncio httpx client making the 20,000 calls itself;
+- overnight: one 20,000-request batch, `--concurrency 2C`, routed by a config file to an `anthropic`
+  backend at the upstream with `max_concurrency = 2C`; timed from the create call until a poll (every
+  50 ms) sees it ended.
+
+Figure: overnight's calls/s ÷ the direct client's calls/s, both measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from bench import _workload as work
+from bench._cli import Run, main, profile_summary
+from bench._process import (
+    PYTHON,
+    ChildServer,
+    config_routing_available,
+    free_port,
+    overnight_server,
+    write_router_config,
+)
+from bench._report import Report, Row, pending, rate, seconds, verdict
+
+KEY = "a"
+TITLE = "efficiency on a capacity-limited upstream"
+MIN_RATIO = 0.98
+HTTPX_REFERENCE_CALLS = 2_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--requests", type=int, default=None, help="calls each side (default 20,000; quick 2,000)")
+    parser.add_argument("--slots", type=int, default=32, help="upstream slots C (32)")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="upstream latency per call L (50)")
+
+
+def upstream_server(work_dir: Path, slots: int, latency_ms: float) -> ChildServer:
+    port = free_port()
+    command = [
+        PYTHON,
+        "-m",
+        "bench._upstream",
+        "--port",
+        str(port),
+        "--slots",
+        str(slots),
+        "--latency-ms",
+        str(latency_ms),
+    ]
+    return ChildServer(command, port=port, log_path=work_dir / "upstream.log")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One client's calls through the upstream: how long they took, how busy they kept its slots."""
+
+    calls: int
+    seconds: float
+    busy_slot_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds
+
+    def describe(self, slots: int, capacity: float) -> str:
+        return (
+            f"{seconds(self.seconds)} = {rate(self.rate, 'calls/s')} ({self.rate / capacity:.1%} of C/L); "
+            f"upstream slots busy {self.busy_slot_seconds / (slots * self.seconds):.1%} of the time"
+        )
+
+
+def measure(upstream_url: str, calls: int, action: Callable[[], float]) -> Phase:
+    """Run `action` (which returns its own timing) and take the upstream's counters around it."""
+    before = httpx.get(upstream_url + "/stats", timeout=10).json()
+    elapsed = action()
+    after = httpx.get(upstream_url + "/stats", timeout=10).json()
+    if after["calls"] - before["calls"] != calls:
+        raise RuntimeError(f"the upstream served {after['calls'] - before['calls']} calls, expected {calls}")
+    return Phase(calls, elapsed, after["busy_slot_seconds"] - before["busy_slot_seconds"])
+
+
+async def direct_calls(port: int, params: list[bytes], in_flight: int) -> float:
+    """Seconds for `in_flight` workers, each on its own keep-alive connection, to make every call once.
+
+    A minimal HTTP/1.1 client on asyncio streams (~0.1 ms of CPU a call): it keeps the upstream
+    saturated, which httpx cannot do here (see `pooled_httpx_calls`).
+    """
+    bodies = iter(params)
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for body in bodies:
+                writer.write(
+                    b"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: bench\r\n"
+                    b"anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                head = await reader.readuntil(b"\r\n\r\n")
+                status, *headers = head.decode("latin-1").split("\r\n")
+                length = next(int(h.split(":", 1)[1]) for h in headers if h.lower().startswith("content-length:"))
+                message = msgspec.json.decode(await reader.readexactly(length))
+                if not status.startswith("HTTP/1.1 200") or message.get("type") != "message":
+                    raise RuntimeError(f"upstream answered {status}: {message}")
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return time.perf_counter() - start
+
+
+async def pooled_httpx_calls(url: str, params: list[bytes], in_flight: int) -> float:
+    """The same with one `httpx.AsyncClient` pooling `in_flight` connections, as overnight's HTTP backends do."""
+    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+    async with httpx.AsyncClient(base_url=url, headers=work.HEADERS, limits=limits, timeout=120) as client:
+        bodies = iter(params)
+
+        async def worker() -> None:
+            for body in bodies:
+                response = await client.post("/v1/messages", content=body)
+                response.raise_for_status()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        return time.perf_counter() - start
+
+
+def through_overnight(bench: Run, upstream_url: str, count: int, in_flight: int) -> float:
+    """Seconds from create until the batch of `count` requests is seen ended."""
+    config = write_router_config(
+        bench.work / "routing.toml",
+        "upstream",
+        {
+            "type": "anthropic",
+            "base_url": upstream_url,
+            "api_key": "bench",
+            "max_concurrency": in_flight,
+        },
+    )
+    body = work.batch_body(work.custom_ids(count), work.small_params(count))
+    server = overnight_server(
+        bench.work / "data",
+        "--concurrency",
+        str(in_flight),
+        "--max-requests",
+        str(max(count, 100_000)),
+        backend=None,
+        config=config,
+    )
+    with server, work.client(server.url) as http, bench.profiled(server.pid, KEY):
+        drained = work.create_and_drain(http, body, timeout=max(600, 10 * count))
+    if work.succeeded(drained.batch) != count:
+        raise RuntimeError(f"expected {count} succeeded, got {drained.batch['request_counts']}")
+    return drained.create_seconds + drained.run_seconds
+
+
+def run(bench: Run) -> Report:
+    count = bench.args.requests or (2_000 if bench.quick else 20_000)
+    slots, latency_ms = bench.args.slots, bench.args.latency_ms
+    in_flight = 2 * slots
+    capacity = slots / (latency_ms / 1000)
+    label = f"{TITLE} (C={slots}, L={latency_ms:g} ms, {count:,} calls)"
+    target = f"overnight / direct ≥ {MIN_RATIO}"
+    reference_count = min(count, HTTPX_REFERENCE_CALLS)
+    details = {"upstream capacity C/L": rate(capacity, "calls/s"), "in flight, each client": f"{in_flight} (2xC)"}
+
+    with upstream_server(bench.work, slots, latency_ms) as upstream:
+        direct = measure(
+            upstream.url, count, lambda: asyncio.run(direct_calls(upstream.port, work.small_params(count), in_flight))
+        )
+        details["direct asyncio client"] = direct.describe(slots, capacity)
+        reference = measure(
+            upstream.url,
+            reference_count,
+            lambda: asyncio.run(pooled_httpx_calls(upstream.url, work.small_params(reference_count), in_flight)),
+        )
+        details[f"reference: one pooled httpx {httpx.__version__} AsyncClient ({reference_count:,} calls)"] = (
+            reference.describe(slots, capacity)
+        )
+        baseline = f"direct asyncio client: {rate(direct.rate, 'calls/s')}"
+        if not config_routing_available():
+            row = pending(KEY, label, target, "`overnight serve` has no --config for an anthropic backend yet")
+            row.baseline = baseline
+            return Report(KEY, TITLE, [row], details)
+        overnight = measure(upstream.url, count, lambda: through_overnight(bench, upstream.url, count, in_flight))
+        details["overnight (create → ended seen)"] = overnight.describe(slots, capacity)
+
+    ratio = overnight.rate / direct.rate
+    row = Row(
+        KEY,
+        label,
+        f"overnight: {rate(overnight.rate, 'calls/s')}",
+        baseline,
+        ratio,
+        target,
+        verdict(ratio >= MIN_RATIO),
+    )
+    profile = profile_summary(bench.profile_file(KEY), "(a) overnight draining the batch")
+    return Report(KEY, TITLE, [row], details, profile=profile)
+
+
+if __name__ == "__main__":
+    main(
+        run,
+        key=KEY,
+        title=TITLE,
+        description=__doc__ or "",
+        add_arguments=add_arguments,
+        profile_help="record the overnight server with py-spy while it drains the batch and summarise it",
+    )
