@@ -34,7 +34,7 @@ from overnight.store.records import (
     Completion,
     LeasedRequest,
 )
-from overnight.store.tables import batches, requests
+from overnight.store.tables import TO_ARCHIVE, UNFINISHED, batches, requests
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -255,7 +255,7 @@ class Store:
             return int(
                 conn.execute(
                     select(func.coalesce(func.sum(batches.c.processing), 0)).where(
-                        batches.c.workspace == workspace, batches.c.status != ENDED
+                        batches.c.workspace == workspace, UNFINISHED
                     )
                 ).scalar_one()
             )
@@ -268,7 +268,7 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(batches.c.seq, batches.c.status)
-                .where(batches.c.status != ENDED)
+                .where(UNFINISHED)
                 .order_by(batches.c.seq)
             ).all()
         return [(row[0], row[1]) for row in rows]
@@ -380,7 +380,7 @@ class Store:
         with self.engine.begin() as conn:
             due = conn.execute(
                 select(batches.c.seq, batches.c.id).where(
-                    batches.c.status != ENDED, batches.c.expires_at <= now
+                    UNFINISHED, batches.c.expires_at <= now
                 )
             ).all()
             for seq, _ in due:
@@ -401,8 +401,7 @@ class Store:
         with self.engine.begin() as conn:
             due = conn.execute(
                 select(batches.c.seq, batches.c.id).where(
-                    batches.c.status == ENDED,
-                    batches.c.archived_at.is_(None),
+                    TO_ARCHIVE,
                     batches.c.created_at <= now - retention_micros,
                 )
             ).all()

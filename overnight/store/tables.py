@@ -13,12 +13,18 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    text,
 )
 
 # On SQLite an INTEGER PRIMARY KEY is the rowid itself: no extra index, ids in insertion order.
 _Id = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
+
+# Written as literals so that SQLite's planner can match queries to the partial indexes below
+# (a bound parameter cannot prove `status != 'ended'`).
+UNFINISHED = text("status != 'ended'")
+TO_ARCHIVE = text("status = 'ended' AND archived_at IS NULL")
 
 batches = Table(
     "batches",
@@ -39,7 +45,11 @@ batches = Table(
     Column("cancel_initiated_at", BigInteger, nullable=True),
     Column("archived_at", BigInteger, nullable=True),
     Index("ix_batches_workspace_seq", "workspace", "seq"),
-    Index("ix_batches_status", "status"),
+    # Partial indexes: the engine and sweepers look at unfinished batches, or at ended ones not yet
+    # archived, every second; these keep that proportional to those batches, not to all ever stored.
+    Index("ix_batches_unfinished", "seq", sqlite_where=UNFINISHED, postgresql_where=UNFINISHED),
+    Index("ix_batches_unfinished_workspace", "workspace", sqlite_where=UNFINISHED, postgresql_where=UNFINISHED),
+    Index("ix_batches_to_archive", "created_at", sqlite_where=TO_ARCHIVE, postgresql_where=TO_ARCHIVE),
 )
 
 requests = Table(
