@@ -1,11 +1,12 @@
 """(c) Ingest: create one batch of 100,000 realistic requests (~2.5 KB of params each, ~250 MB body).
 
 Figure: the create call's wall time, as the client sees it (upload, envelope check, insert, commit).
-Baseline, measured in the same run: the store's floor — the same 100,000 (custom_id, params) pairs
-bulk-inserted into a fresh SQLite file with overnight's own schema (tables and indexes from
-`overnight/store/tables.py`) and connection settings (`overnight/store/database.py:connect`: page
-size, WAL, checkpoint policy, synchronous level, cache), by plain `sqlite3` `executemany` on the raw
-DBAPI connection in one transaction: what any store of these rows must pay. Floor and
+Baseline, measured in the same run: the store's floor as the issue defines it — the same 100,000
+(custom_id, params) pairs bulk-inserted into a fresh, bare SQLite file (default settings, WAL) with
+overnight's schema (tables and indexes from `overnight/store/tables.py`), by plain `sqlite3`
+`executemany` on the raw DBAPI connection in one transaction. A second, stricter floor uses
+overnight's own tuned connection settings (`overnight/store/database.py:connect`: page size,
+checkpoint policy, cache) and is reported beside it. Floor and
 create alternate (floor, create, floor, create, floor; each create on a fresh server): the best
 create is the figure, the best floor the baseline.
 
@@ -29,6 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy import create_engine, event
 
 from bench import _workload as work
 from bench._cli import Run, add_repeats_argument, main, profile_summary
@@ -62,14 +65,18 @@ def on_fresh_file(path: Path, insert: Callable[[Path], float]) -> float:
         os.sync()
 
 
-def bare_insert(path: Path, ids: Sequence[str], params: Sequence[bytes]) -> float:
+def bare_insert(path: Path, ids: Sequence[str], params: Sequence[bytes], *, tuned: bool) -> float:
     """Seconds for plain sqlite3 `executemany` to insert the requests, in one transaction.
 
-    The file and the connection come from overnight's own `connect()` (so its page size, WAL and
-    checkpoint policy, synchronous level and cache size, whatever they are today) with its schema;
+    `tuned=False` is the issue's floor: a bare SQLite file (default page size, automatic
+    checkpoints, default cache) in WAL mode. `tuned=True` takes the file and the connection from
+    overnight's own `connect()` (its page size, checkpoint policy, synchronous level and cache) — a
+    stricter floor, since those settings already make storing cheaper. Both use overnight's schema;
     only the insert itself bypasses overnight, on the raw DBAPI connection.
     """
-    engine = connect(f"sqlite:///{path}")
+    engine = connect(f"sqlite:///{path}") if tuned else create_engine(f"sqlite:///{path}")
+    if not tuned:
+        event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA journal_mode=WAL"))
     try:
         metadata.create_all(engine)
         connection = engine.raw_connection()
@@ -155,14 +162,18 @@ def run(bench: Run) -> Report:
     invalid_last = work.batch_body([*ids[:-1], ids[-1][:-1] + "!"], params)  # same size, fails the check
     limits = ("--max-body-bytes", str(len(body) + 1), "--max-requests", str(max(count, 100_000)))
 
-    def floor_run(attempt: int) -> float:
-        return on_fresh_file(bench.work / f"floor-{attempt}.sqlite3", lambda path: bare_insert(path, ids, params))
+    def floor_run(attempt: int, *, tuned: bool) -> float:
+        path = bench.work / f"floor-{'tuned' if tuned else 'bare'}-{attempt}.sqlite3"
+        return on_fresh_file(path, lambda path: bare_insert(path, ids, params, tuned=tuned))
 
-    floors, creates = [], []
-    for attempt in range(bench.repeats):  # floor, create, floor, create, ..., floor
-        floors.append(floor_run(attempt))
+    floors, tuned_floors, creates = [], [], []
+    for attempt in range(bench.repeats):  # floors, create, floors, create, ..., floors
+        floors.append(floor_run(attempt, tuned=False))
+        tuned_floors.append(floor_run(attempt, tuned=True))
         creates.append(create_once(bench, body, limits, attempt))
-    floors.append(floor_run(bench.repeats))
+    floors.append(floor_run(bench.repeats, tuned=False))
+    tuned_floors.append(floor_run(bench.repeats, tuned=True))
+    tuned_floor = min(tuned_floors)
     store_seconds = on_fresh_file(bench.work / "store.sqlite3", lambda path: store_insert(path, ids, params))
     with overnight_server(bench.work / "envelope", *limits) as server:
         envelope = post(server.port, invalid_last, 400)
@@ -177,10 +188,19 @@ def run(bench: Run) -> Report:
             f"{KEY}1",
             f"{TITLE}: create time ({size})",
             seconds(create),
-            f"bare sqlite3 bulk insert, same schema: {seconds(floor)}",
+            f"bare sqlite3 bulk insert (default settings, WAL), same schema: {seconds(floor)}",
             create / floor,
             f"≤ {MAX_TIME_RATIO}x the floor",
             verdict(create <= MAX_TIME_RATIO * floor),
+        ),
+        Row(
+            f"{KEY}1'",
+            f"{TITLE}: the same create against a stricter floor",
+            seconds(create),
+            f"sqlite3 bulk insert with overnight's tuned settings: {seconds(tuned_floor)}",
+            create / tuned_floor,
+            f"≤ {MAX_TIME_RATIO}x (not the issue's floor; shown for honesty)",
+            verdict(create <= MAX_TIME_RATIO * tuned_floor),
         ),
         Row(
             f"{KEY}2",
@@ -199,6 +219,7 @@ def run(bench: Run) -> Report:
             seconds(attempt.posted.seconds) for attempt in creates
         ),
         "floor runs (before, between and after the creates)": ", ".join(map(seconds, floors)),
+        "tuned floor runs (likewise)": ", ".join(map(seconds, tuned_floors)),
         "create: receiving the body (client's upload)": seconds(created.upload_seconds),
         "create: from the body's arrival to the answer": seconds(create - created.upload_seconds),
         "invalid body: receiving / arrival to the 400 (envelope decode + check)": f"{seconds(envelope.upload_seconds)}"

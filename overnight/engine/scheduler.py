@@ -75,6 +75,7 @@ class Scheduler:
         self._batch_status: dict[int, str] = {}  # status of every batch that has not ended
         self._wake = asyncio.Event()
         self._flush_now = asyncio.Event()
+        self._has_unwritten = asyncio.Event()
         self._writer_stop = False
         self._stopping = False
         self._next_batch = 0
@@ -124,6 +125,7 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._writer_stop = True
+        self._has_unwritten.set()
         self._flush_now.set()
         if self._writer is not None:
             await self._writer
@@ -216,6 +218,7 @@ class Scheduler:
                 self._held.pop(item.id, None)
             else:
                 self._unwritten.append(completion)
+                self._has_unwritten.set()
                 if len(self._unwritten) >= _FLUSH_SIZE:
                     self._flush_now.set()
 
@@ -261,12 +264,17 @@ class Scheduler:
 
     async def _write_loop(self) -> None:
         while True:
+            # Asleep while there is nothing to write (an idle timer would steal the GIL from a local
+            # model's thread); then a group forms for up to the flush interval, or until it is full.
+            await self._has_unwritten.wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), _FLUSH_INTERVAL_SECONDS)
             self._flush_now.clear()
             await self._flush()
-            if self._writer_stop and not self._unwritten:
-                return
+            if not self._unwritten:
+                self._has_unwritten.clear()
+                if self._writer_stop:
+                    return
 
     async def _flush(self) -> None:
         if not self._unwritten:
