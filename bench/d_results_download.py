@@ -40,10 +40,10 @@ def sqlite_read_floor(database: Path) -> float:
         start = time.perf_counter()
         for state in ("succeeded", "errored"):
             cursor = connection.execute(
-                "SELECT custom_id, result FROM requests WHERE batch_seq = 1 AND state = ? ORDER BY id", (state,)
+                "SELECT result FROM requests WHERE batch_seq = 1 AND state = ? ORDER BY id", (state,)
             )
             while rows := cursor.fetchmany(2000):
-                size += sum(len(line) for _, line in rows)
+                size += sum(len(line) for (line,) in rows)
         return size / 1e6 / (time.perf_counter() - start)
     finally:
         connection.close()

@@ -224,22 +224,24 @@ class Store:
             await loop.run_in_executor(self._reader, lines.close)
 
     def _result_chunks(self, seq: int, chunk_bytes: int) -> Generator[bytes, None, None]:
-        statement = text(
-            "SELECT custom_id, result FROM requests WHERE batch_seq = :seq AND state = :state ORDER BY id"
-        )
+        # Succeeded and errored rows hold finished JSONL lines; canceled and expired ones get a line
+        # built from the custom_id. Each query reads only the column it needs.
+        finished = text("SELECT result FROM requests WHERE batch_seq = :seq AND state = :state ORDER BY id")
+        bare = text("SELECT custom_id FROM requests WHERE batch_seq = :seq AND state = :state ORDER BY id")
         with self.engine.connect() as conn:
             for state in (SUCCEEDED, ERRORED, CANCELED, EXPIRED):
+                stored = state in (SUCCEEDED, ERRORED)
                 # The DBAPI cursor directly: row objects would cost more than the rows themselves.
                 cursor = conn.execution_options(stream_results=True).execute(
-                    statement, {"seq": seq, "state": state}
+                    finished if stored else bare, {"seq": seq, "state": state}
                 ).cursor
                 parts: list[bytes] = []
                 size = 0
                 while rows := cursor.fetchmany(2000):
-                    if state in (SUCCEEDED, ERRORED):
-                        page = b"".join([line for _, line in rows])  # stored as finished JSONL lines
+                    if stored:
+                        page = b"".join([line for (line,) in rows])
                     else:
-                        page = b"".join([bare_line(custom_id, state) for custom_id, _ in rows])
+                        page = b"".join([bare_line(custom_id, state) for (custom_id,) in rows])
                     parts.append(page)
                     size += len(page)
                     if size >= chunk_bytes:
