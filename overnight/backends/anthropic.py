@@ -12,7 +12,7 @@ Message comes back unchanged except for two documented touches:
 
 from __future__ import annotations
 
-from overnight.backends.upstream_http import endpoint, make_client, post_json
+from overnight.backends.upstream_http import UpstreamClient, endpoint
 from overnight.exceptions import ApiError
 from overnight.protocol.messages import MessageCreateParams
 from overnight.protocol.results import Message
@@ -42,7 +42,7 @@ class AnthropicBackend:
         self._url = endpoint(base_url, "messages")
         self._count_url = endpoint(base_url, "messages/count_tokens")
         self._api_key = api_key
-        self._client = make_client(timeout_seconds=timeout_seconds, max_concurrency=max_concurrency)
+        self._client = UpstreamClient(name=name, timeout_seconds=timeout_seconds, max_concurrency=max_concurrency)
 
     async def start(self) -> None:
         return None
@@ -59,9 +59,7 @@ class AnthropicBackend:
         body = {key: value for key, value in params.forwardable().items() if key in _COUNT_TOKENS_KEYS}
         if self.upstream_model is not None:
             body["model"] = self.upstream_model
-        result = await post_json(
-            self._client, self._count_url, body=body, headers=self._headers(params), upstream=self.name
-        )
+        result = await self._client.post_json(self._count_url, body=body, headers=self._headers(params))
         tokens = result.get("input_tokens")
         if not isinstance(tokens, int):
             raise ApiError(f"{self.name} answered count_tokens without an integer input_tokens")
@@ -73,7 +71,7 @@ class AnthropicBackend:
         if self.upstream_model is not None:
             body["model"] = self.upstream_model
         headers = self._headers(params)
-        result = await post_json(self._client, self._url, body=body, headers=headers, upstream=self.name)
+        result = await self._client.post_json(self._url, body=body, headers=headers)
         if result.get("type") != "message":
             raise ApiError(f"{self.name} answered with a {result.get('type')!r} object, not a message")
         if self.upstream_model is not None:

@@ -8,7 +8,7 @@ Refusals happen before any network traffic; upstream failures map as for the Ant
 from __future__ import annotations
 
 from overnight.backends.openai_translation import from_chat_completion, to_chat_completion
-from overnight.backends.upstream_http import endpoint, make_client, post_json
+from overnight.backends.upstream_http import UpstreamClient, endpoint
 from overnight.exceptions import ApiError
 from overnight.protocol.messages import MessageCreateParams
 from overnight.protocol.results import Message
@@ -30,11 +30,11 @@ class OpenAIBackend:
         self.upstream_model = upstream_model
         self._url = endpoint(base_url, "chat/completions")
         self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = make_client(timeout_seconds=timeout_seconds, max_concurrency=max_concurrency)
+        self._client = UpstreamClient(name=name, timeout_seconds=timeout_seconds, max_concurrency=max_concurrency)
 
     async def create_message(self, params: MessageCreateParams) -> Message:
         body = to_chat_completion(params, model=self.upstream_model)
-        data = await post_json(self._client, self._url, body=body, headers=self._headers, upstream=self.name)
+        data = await self._client.post_json(self._url, body=body, headers=self._headers)
         return from_chat_completion(data, params)
 
     async def start(self) -> None:
@@ -43,7 +43,7 @@ class OpenAIBackend:
     async def count_tokens(self, params: MessageCreateParams) -> int:
         """Chat-completions servers have no counting endpoint: ask for one token and read the usage."""
         body = to_chat_completion(params.model_copy(update={"max_tokens": 1}), model=self.upstream_model)
-        data = await post_json(self._client, self._url, body=body, headers=self._headers, upstream=self.name)
+        data = await self._client.post_json(self._url, body=body, headers=self._headers)
         usage = data.get("usage")
         tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
         if not isinstance(tokens, int):

@@ -44,10 +44,16 @@ def gemma_model_path(gemma_data_dir: Path) -> Path:
 
 
 class LlamaServer:
-    def __init__(self, base_url: str, api_key: str, model_path: Path) -> None:
+    def __init__(self, base_url: str, api_key: str, model_path: Path, log_path: Path) -> None:
         self.base_url = base_url
         self.api_key = api_key
         self.model_path = model_path
+        self.log_path = log_path
+
+    def calls(self, path: str = "/v1/chat/completions") -> list[str]:
+        """Every `POST path` the server has answered so far, as its access-log lines."""
+        log = self.log_path.read_text(errors="replace")
+        return [line for line in log.splitlines() if f'"POST {path} HTTP/1.1"' in line]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +84,7 @@ def llama_server(gemma_model_path: Path, tmp_path_factory: pytest.TempPathFactor
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(proc, base_url, log_path)
-        yield LlamaServer(base_url, LLAMA_SERVER_KEY, gemma_model_path)
+        yield LlamaServer(base_url, LLAMA_SERVER_KEY, gemma_model_path, log_path)
     finally:
         proc.terminate()
         try:

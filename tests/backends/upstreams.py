@@ -3,7 +3,7 @@
 This is a failure-injecting upstream, used deliberately: the error mapping of the HTTP backends is
 about what happens when a real upstream says 429 with `retry-after`, 529, 500, 413 or answers too
 slowly, and no well-behaved peer can be made to do that on demand. Everything between the backend and
-this server is real (httpx, TCP, HTTP/1.1, JSON). The success path is tested against real peers
+this server is real (aiohttp, TCP, HTTP/1.1, JSON). The success path is tested against real peers
 elsewhere wherever one exists (llama-cpp-python's server for the OpenAI backend).
 
 Each request is recorded (path, headers, JSON body); each reply is the next queued `Reply`, or a 500
