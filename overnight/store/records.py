@@ -1,8 +1,12 @@
-"""Plain records the store hands out; nothing SQLAlchemy-shaped leaves `store/`."""
+"""Plain records the store hands out; nothing SQLAlchemy-shaped leaves `store/`.
+
+They are msgspec Structs: built in C, several times faster than dataclasses, which matters for the
+thousands of leased requests and completions a second that the engine handles.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 PENDING = "pending"
 RUNNING = "running"
@@ -16,8 +20,7 @@ CANCELING = "canceling"
 ENDED = "ended"
 
 
-@dataclass(frozen=True, slots=True)
-class BatchRecord:
+class BatchRecord(msgspec.Struct, frozen=True, gc=False):
     seq: int
     id: str
     workspace: str
@@ -35,8 +38,7 @@ class BatchRecord:
     archived_at: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class LeasedRequest:
+class LeasedRequest(msgspec.Struct, frozen=True, gc=False):
     id: int
     batch_seq: int
     custom_id: str
@@ -44,8 +46,7 @@ class LeasedRequest:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
+class Completion(msgspec.Struct, frozen=True, gc=False):
     """A terminal outcome for a leased request: `succeeded`/`errored` with its line, or `canceled`."""
 
     request_id: int

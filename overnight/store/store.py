@@ -86,6 +86,10 @@ class Store:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
+    def _driver_sql(self, statement: str) -> str:
+        """A statement written with `?` placeholders, in the driver's own paramstyle."""
+        return statement if self.engine.dialect.paramstyle == "qmark" else statement.replace("?", "%s")
+
     def close(self) -> None:
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
@@ -115,10 +119,8 @@ class Store:
         """Store a batch and all its requests in one transaction: all of it, or nothing."""
         # Straight to the driver's executemany with tuples: SQLAlchemy's per-row parameter handling
         # would cost more than SQLite's own work for 100,000 rows.
-        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        insert_request = (
-            "INSERT INTO requests (batch_seq, custom_id, params, state, attempt) "
-            f"VALUES ({mark}, {mark}, {mark}, 'pending', 0)"
+        insert_request = self._driver_sql(
+            "INSERT INTO requests (batch_seq, custom_id, params, state, attempt) VALUES (?, ?, ?, 'pending', 0)"
         )
         with self.engine.begin() as conn:
             seq = conn.execute(
@@ -134,9 +136,10 @@ class Store:
                 )
                 .returning(batches.c.seq)
             ).scalar_one()
+            cursor = _driver_cursor(conn)
             for start in range(0, len(items), _INSERT_CHUNK):
                 chunk = items[start : start + _INSERT_CHUNK]
-                conn.exec_driver_sql(insert_request, [(seq, cid, params) for cid, params in chunk])
+                cursor.executemany(insert_request, [(seq, cid, params) for cid, params in chunk])
             return _one_batch(conn, seq)
 
     @_reads
@@ -284,22 +287,23 @@ class Store:
         Only requests of in-progress batches are leased; each lease bumps `attempt`, which is part of
         the lease token checked when the result is written.
         """
-        statement = text(
-            "UPDATE requests SET state = 'running', lease_owner = :owner, "
-            "lease_expires_at = :lease_until, attempt = attempt + 1 "
+        statement = self._driver_sql(
+            "UPDATE requests SET state = 'running', lease_owner = ?, lease_expires_at = ?, attempt = attempt + 1 "
             "WHERE state = 'pending' AND id IN ("
-            "  SELECT id FROM requests WHERE batch_seq = :batch_seq AND state = 'pending'"
-            "  AND EXISTS (SELECT 1 FROM batches WHERE seq = :batch_seq AND status = 'in_progress')"
-            f"  ORDER BY id LIMIT :n{self._skip_locked}) "
+            "  SELECT id FROM requests WHERE batch_seq = ? AND state = 'pending'"
+            "  AND EXISTS (SELECT 1 FROM batches WHERE seq = ? AND status = 'in_progress')"
+            f"  ORDER BY id LIMIT ?{self._skip_locked}) "
             "RETURNING id, custom_id, params, attempt"
         )
         leased: list[LeasedRequest] = []
         with self.engine.begin() as conn:
+            cursor = _driver_cursor(conn)
             for seq, n in quotas:
-                result = conn.execute(
-                    statement, {"owner": owner, "lease_until": lease_until, "batch_seq": seq, "n": n}
+                cursor.execute(statement, (owner, lease_until, seq, seq, n))
+                leased.extend(
+                    LeasedRequest(request_id, seq, custom_id, params, attempt)
+                    for request_id, custom_id, params, attempt in cursor.fetchall()
                 )
-                leased.extend(LeasedRequest(row[0], seq, row[1], row[2], row[3]) for row in result)
         return leased
 
     @_writes
@@ -327,21 +331,19 @@ class Store:
         """
         if not completions:
             return
-        groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
+        groups: dict[tuple[int, str], list[tuple[Any, ...]]] = defaultdict(list)
         for done in completions:
-            groups[(done.batch_seq, done.state)].append(
-                {"id": done.request_id, "attempt": done.attempt, "state": done.state,
-                 "result": done.line, "owner": owner}
-            )
-        statement = text(
-            "UPDATE requests SET state = :state, result = :result, lease_owner = NULL, "
-            "lease_expires_at = NULL "
-            "WHERE id = :id AND state = 'running' AND lease_owner = :owner AND attempt = :attempt"
+            groups[(done.batch_seq, done.state)].append((done.state, done.line, done.request_id, owner, done.attempt))
+        statement = self._driver_sql(
+            "UPDATE requests SET state = ?, result = ?, lease_owner = NULL, lease_expires_at = NULL "
+            "WHERE id = ? AND state = 'running' AND lease_owner = ? AND attempt = ?"
         )
         counts: dict[int, dict[str, int]] = defaultdict(dict)
         with self.engine.begin() as conn:
+            cursor = _driver_cursor(conn)
             for (seq, state), rows in groups.items():
-                counts[seq][state] = conn.execute(statement, rows).rowcount
+                cursor.executemany(statement, rows)
+                counts[seq][state] = cursor.rowcount
             for seq, by_state in counts.items():
                 _add_counts(conn, seq, by_state)
             _end_if_done(conn, list(counts), now)
@@ -411,6 +413,12 @@ class Store:
                 conn.execute(update(batches).where(batches.c.seq == seq).values(archived_at=now))
                 conn.execute(requests.delete().where(requests.c.batch_seq == seq))
         return [batch_id for _, batch_id in due]
+
+
+def _driver_cursor(conn: Connection) -> Any:
+    """A DBAPI cursor inside `conn`'s transaction, for the hot statements: tuples straight to the driver,
+    since SQLAlchemy's per-row parameter and result handling would cost more than the database's work."""
+    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
 
 def _one_batch(conn: Connection, seq: int) -> BatchRecord:
