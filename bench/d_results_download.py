@@ -4,8 +4,10 @@ The client is httpx reading the raw stream as the transport delivers it (64 KiB 
 lines — not the SDK, whose JSONL decoder reads 64-byte chunks and would measure itself. The median of
 five downloads is the figure; the server's VmRSS is sampled every 5 ms throughout them.
 
-Baseline, same run: the store's read floor — the same rows (custom_id, result line) read straight
-from the server's SQLite file by plain `sqlite3` with the query the store uses, in MB/s of lines.
+Baseline, same run: the same stored result lines read straight from the server's SQLite file by plain
+`sqlite3`, row by row (`fetchmany` of 2,000 along the (batch, state, id) index), the way a
+straightforward reader would, in MB/s of lines. (The server reads differently: SQLite joins each run
+of 2,000 ids into one chunk itself, see `Store._result_chunks_by_id`.)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sqlite_read_floor(database: Path) -> float:
-    """MB/s of reading every stored result line of the (single) batch with the store's own query."""
+    """MB/s of reading every stored result line of the (single) batch, row by row."""
     connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
         size = 0

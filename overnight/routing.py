@@ -104,6 +104,7 @@ class FakeSpec(_Spec):
 
 BackendSpec = Annotated[AnthropicSpec | OpenAISpec | LocalSpec | FakeSpec, Field(discriminator="type")]
 _BACKEND_TYPES = ("local", "anthropic", "openai", "fake")
+_MAX_RESOLVED = 4096
 
 
 class Route(_Spec):
@@ -198,6 +199,7 @@ class Router:
         if not routes:
             raise ValueError("a router needs at least one route")
         self._routes = list(routes)
+        self._resolved: dict[str, Backend] = {}  # model name → backend: fnmatch is slow per request
 
     @classmethod
     def single(cls, backend: Backend) -> Router:
@@ -234,8 +236,14 @@ class Router:
         return ids
 
     def resolve(self, model: str) -> Backend:
+        backend = self._resolved.get(model)
+        if backend is not None:
+            return backend
         for pattern, backend in self._routes:
             if pattern == model or fnmatch.fnmatchcase(model, pattern):
+                if len(self._resolved) >= _MAX_RESOLVED:
+                    self._resolved.clear()  # clients choose model names: keep the memo bounded
+                self._resolved[model] = backend
                 return backend
         raise NotFoundError(f"model: {model} (no route in this server's config matches this model)")
 

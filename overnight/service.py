@@ -104,7 +104,7 @@ class BatchService:
             raise NotFoundError(f"The results of batch {batch_id} were archived and are no longer available")
         if record.status != ENDED:
             raise InvalidRequestError(f"Batch {batch_id} has not ended yet; results are available once it has")
-        return self.store.stream_results(record.seq)
+        return self.store.stream_results(record)
 
     async def _get(self, workspace: str, batch_id: str) -> BatchRecord:
         record = await self.store.get_batch(workspace, batch_id)

@@ -37,18 +37,24 @@ class FakeBackend:
 
 def reply_to(params: MessageCreateParams) -> Message:
     """The fake backend's whole semantics, as a pure function."""
-    last_user = next((m for m in reversed(params.messages) if m.role == "user"), None)
-    reply = text_of(last_user.content) if last_user else ""
+    reply = ""
+    for turn in reversed(params.messages):
+        if turn.role == "user":
+            reply = text_of(turn.content)
+            break
     stop_reason, stop_sequence = "end_turn", None
 
-    first_match = _first_stop_sequence(reply, params.stop_sequences or [])
+    first_match = _first_stop_sequence(reply, params.stop_sequences) if params.stop_sequences else None
     if first_match is not None:
         cut, stop_sequence = first_match
         reply, stop_reason = reply[:cut], "stop_sequence"
+        output_words = len(reply.split())
     else:
         words = reply.split()
-        if len(words) > params.max_tokens:
+        output_words = len(words)
+        if output_words > params.max_tokens:
             reply, stop_reason = " ".join(words[: params.max_tokens]), "max_tokens"
+            output_words = params.max_tokens
 
     return message(
         model=params.model,
@@ -56,7 +62,7 @@ def reply_to(params: MessageCreateParams) -> Message:
         stop_reason=stop_reason,
         stop_sequence=stop_sequence,
         input_tokens=max(1, _input_words(params)),
-        output_tokens=max(1, len(reply.split())),
+        output_tokens=max(1, output_words),
     )
 
 
@@ -73,5 +79,9 @@ def _first_stop_sequence(text: str, stop_sequences: list[str]) -> tuple[int, str
 
 
 def _input_words(params: MessageCreateParams) -> int:
-    system = params.system if isinstance(params.system, str) else text_of(params.system or [])
-    return len(system.split()) + sum(len(text_of(m.content).split()) for m in params.messages)
+    words = 0
+    if params.system:
+        words = len((params.system if isinstance(params.system, str) else text_of(params.system)).split())
+    for turn in params.messages:
+        words += len(text_of(turn.content).split())
+    return words

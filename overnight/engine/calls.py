@@ -88,7 +88,7 @@ class BackendCaller:
                     if still_wanted is not None and not still_wanted():
                         raise RequestWithdrawn
                     message = await backend.create_message(params)
-                await limit.succeeded()
+                limit.succeeded()
                 return message
             except OvernightError as error:
                 if isinstance(error, RateLimitError):

@@ -9,31 +9,52 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from types import TracebackType
 
 _COOL_DOWN_SECONDS = 1.0
 
 
 class AdaptiveLimit:
+    """A semaphore whose size can change. Entering while below the limit takes no trip through the
+    event loop: thousands of calls a second pass through here."""
+
     def __init__(self, maximum: int) -> None:
         self.maximum = maximum
         self.limit = maximum
         self.active = 0
         self._successes = 0
         self._last_decrease = float("-inf")
-        self._changed = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def __aenter__(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.active < self.limit)
+        if self.active < self.limit and not self._waiters:
             self.active += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # resolved by _admit, which counted this call in `active`
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.active -= 1  # admitted and cancelled in the same turn: hand the slot on
+                self._admit()
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        async with self._changed:
-            self.active -= 1
-            self._changed.notify()
+        self.active -= 1
+        self._admit()
+
+    def _admit(self) -> None:
+        while self._waiters and self.active < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self.active += 1
 
     def rate_limited(self) -> None:
         now = time.monotonic()
@@ -42,12 +63,11 @@ class AdaptiveLimit:
             self._last_decrease = now
         self._successes = 0
 
-    async def succeeded(self) -> None:
+    def succeeded(self) -> None:
         if self.limit >= self.maximum:
             return
         self._successes += 1
         if self._successes >= self.limit:
             self._successes = 0
-            async with self._changed:
-                self.limit += 1
-                self._changed.notify()
+            self.limit += 1
+            self._admit()

@@ -36,6 +36,8 @@ class BatchRecord(msgspec.Struct, frozen=True, gc=False):
     ended_at: int | None
     cancel_initiated_at: int | None
     archived_at: int | None
+    first_request_id: int | None
+    last_request_id: int | None
 
 
 class LeasedRequest(msgspec.Struct, frozen=True, gc=False):

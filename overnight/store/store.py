@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections import defaultdict
+import itertools
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +44,15 @@ _Blocking = Callable[Concatenate["Store", P], T]
 _Awaitable = Callable[Concatenate["Store", P], Awaitable[T]]
 
 _INSERT_CHUNK = 5000
+_RESULT_CHUNK_IDS = 2000
+_RESULT_CHUNK_BYTES = 1 << 20
+_READS_AHEAD = 2
+_RESULT_CHUNK_SQL = (
+    "SELECT CAST(group_concat(CASE WHEN result IS NOT NULL THEN result ELSE "
+    """'{"custom_id":"' || custom_id || '","result":{"type":"' || state || '"}}' || char(10) END, '') """
+    "AS BLOB) FROM requests WHERE id BETWEEN ? AND ? AND +batch_seq = ?"  # `+`: by id, not by index
+    " AND state IN ('succeeded', 'errored', 'canceled', 'expired')"
+)
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -66,6 +76,10 @@ _reads = _on_thread("_reader")
 
 class UnknownCursorError(LookupError):
     """A pagination cursor names no batch of this workspace."""
+
+
+class ResultsChangedError(RuntimeError):
+    """A batch's results went away (deleted, archived) while they were being streamed."""
 
 
 class Store:
@@ -137,9 +151,20 @@ class Store:
                 .returning(batches.c.seq)
             ).scalar_one()
             cursor = _driver_cursor(conn)
+            # Ids only grow, so the batch's requests lie between the largest id before the insert and
+            # the largest after it (on SQLite, with one writer, they are exactly that run).
+            cursor.execute("SELECT max(id) FROM requests")
+            first_id = (cursor.fetchone()[0] or 0) + 1
             for start in range(0, len(items), _INSERT_CHUNK):
                 chunk = items[start : start + _INSERT_CHUNK]
                 cursor.executemany(insert_request, [(seq, cid, params) for cid, params in chunk])
+            cursor.execute("SELECT max(id) FROM requests")
+            last_id = cursor.fetchone()[0]
+            conn.execute(
+                update(batches)
+                .where(batches.c.seq == seq)
+                .values(first_request_id=first_id, last_request_id=last_id)
+            )
             return _one_batch(conn, seq)
 
     @_reads
@@ -210,25 +235,71 @@ class Store:
                 conn.execute(requests.delete().where(requests.c.batch_seq == seq))
             return bool(deleted)
 
-    async def stream_results(self, seq: int, *, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
-        """Every result line of a batch, in chunks of about `chunk_bytes`, in constant memory.
+    async def stream_results(self, batch: BatchRecord) -> AsyncIterator[bytes]:
+        """Every result line of an ended batch, in chunks of a few thousand lines, in constant memory.
 
-        One cursor per state walks the (batch_seq, state, id) index; the next chunk is read on a
-        reader thread while the current one is being sent.
+        Chunks are read on reader threads ahead of the one being sent. Raises `ResultsChangedError`
+        after the last chunk if the lines sent do not number the batch's requests (it was deleted or
+        archived meanwhile), so a client sees a broken download, never a silently short one.
         """
-        lines = self._result_chunks(seq, chunk_bytes)
+        if self.is_sqlite and batch.first_request_id is not None and batch.last_request_id is not None:
+            first, last, step = batch.first_request_id, batch.last_request_id, _RESULT_CHUNK_IDS
+            reads = [
+                functools.partial(self._result_chunk, batch.seq, low, min(low + step - 1, last))
+                for low in range(first, last + 1, step)
+            ]
+            chunks = self._read_ahead(reads)
+        else:
+            chunks = self._read_generator(self._result_chunks_by_state(batch.seq))
+        lines = 0
+        async for chunk in chunks:
+            lines += chunk.count(b"\n")
+            yield chunk
+        if lines != batch.total:
+            raise ResultsChangedError(f"batch {batch.id}: {lines} result lines for {batch.total} requests")
+
+    async def _read_ahead(self, reads: Sequence[Callable[[], bytes]]) -> AsyncIterator[bytes]:
+        """Run independent reads on the reader pool, a few at once, yielding their results in order."""
+        loop = asyncio.get_running_loop()
+        pending: deque[asyncio.Future[bytes]] = deque()
+        queued = iter(reads)
+        try:
+            for read in itertools.islice(queued, _READS_AHEAD):
+                pending.append(loop.run_in_executor(self._reader, read))
+            while pending:
+                chunk = await pending.popleft()
+                for read in itertools.islice(queued, 1):
+                    pending.append(loop.run_in_executor(self._reader, read))
+                if chunk:
+                    yield chunk
+        finally:
+            for future in pending:
+                future.cancel()
+
+    async def _read_generator(self, chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
+        """Drive a blocking generator on the reader pool, one chunk ahead of the one being sent."""
         loop = asyncio.get_running_loop()
         try:
-            pending = loop.run_in_executor(self._reader, next, lines, None)
+            pending = loop.run_in_executor(self._reader, next, chunks, None)
             while (chunk := await pending) is not None:
-                pending = loop.run_in_executor(self._reader, next, lines, None)
+                pending = loop.run_in_executor(self._reader, next, chunks, None)
                 yield chunk
         finally:
-            await loop.run_in_executor(self._reader, lines.close)
+            await loop.run_in_executor(self._reader, chunks.close)
 
-    def _result_chunks(self, seq: int, chunk_bytes: int) -> Generator[bytes, None, None]:
-        # Succeeded and errored rows hold finished JSONL lines; canceled and expired ones get a line
-        # built from the custom_id. Each query reads only the column it needs.
+    def _result_chunk(self, seq: int, first_id: int, last_id: int) -> bytes:
+        # SQLite builds the chunk itself: one range scan of the table in id order, the lines joined in
+        # C (canceled/expired lines made from the custom_id, which needs no escaping) and handed over as
+        # one bytes object, with the GIL released meanwhile — 2-3x a row-by-row fetch.
+        with self.engine.connect() as conn:
+            cursor = _driver_cursor(conn)
+            cursor.execute(_RESULT_CHUNK_SQL, (first_id, last_id, seq))
+            (chunk,) = cursor.fetchone()
+            return chunk or b""
+
+    def _result_chunks_by_state(self, seq: int) -> Generator[bytes, None, None]:
+        # Portable: one cursor per state walks the (batch_seq, state, id) index. Succeeded and errored
+        # rows hold finished JSONL lines; canceled and expired ones get a line built from the custom_id.
         finished = text("SELECT result FROM requests WHERE batch_seq = :seq AND state = :state ORDER BY id")
         bare = text("SELECT custom_id FROM requests WHERE batch_seq = :seq AND state = :state ORDER BY id")
         with self.engine.connect() as conn:
@@ -247,7 +318,7 @@ class Store:
                         page = b"".join([bare_line(custom_id, state) for (custom_id,) in rows])
                     parts.append(page)
                     size += len(page)
-                    if size >= chunk_bytes:
+                    if size >= _RESULT_CHUNK_BYTES:
                         yield b"".join(parts)
                         parts, size = [], 0
                 if parts:

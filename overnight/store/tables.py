@@ -44,6 +44,10 @@ batches = Table(
     Column("ended_at", BigInteger, nullable=True),
     Column("cancel_initiated_at", BigInteger, nullable=True),
     Column("archived_at", BigInteger, nullable=True),
+    # Every request of the batch has an id in this range (set at insert; NULL for batches stored
+    # before migration 0003), so reading its results is a scan of the table in id order.
+    Column("first_request_id", BigInteger, nullable=True),
+    Column("last_request_id", BigInteger, nullable=True),
     Index("ix_batches_workspace_seq", "workspace", "seq"),
     # Partial indexes: the engine and sweepers look at unfinished batches, or at ended ones not yet
     # archived, every second; these keep that proportional to those batches, not to all ever stored.

@@ -24,7 +24,7 @@ async def test_never_more_calls_at_once_than_the_limit() -> None:
     assert peak == 3
 
 
-async def test_rate_limited_halves_once_per_cool_down_then_recovers(monkeypatch) -> None:
+def test_rate_limited_halves_once_per_cool_down_then_recovers(monkeypatch) -> None:
     limit = AdaptiveLimit(16)
     limit.rate_limited()
     limit.rate_limited()  # same burst: one signal
@@ -33,10 +33,10 @@ async def test_rate_limited_halves_once_per_cool_down_then_recovers(monkeypatch)
     limit.rate_limited()
     assert limit.limit == 4
     for _ in range(4):
-        await limit.succeeded()
+        limit.succeeded()
     assert limit.limit == 5
     for _ in range(200):
-        await limit.succeeded()
+        limit.succeeded()
     assert limit.limit == 16
 
 
@@ -48,6 +48,32 @@ async def test_a_lowered_limit_admits_waiters_again_when_raised() -> None:
     waiter = asyncio.create_task(limit.__aenter__())
     await asyncio.sleep(0.01)
     assert not waiter.done()
-    await limit.succeeded()  # one success at limit 1 raises it to 2
+    limit.succeeded()  # one success at limit 1 raises it to 2
     await asyncio.wait_for(waiter, 1)
     assert limit.active == 2
+
+
+async def test_a_cancelled_waiter_gives_up_its_place() -> None:
+    limit = AdaptiveLimit(1)
+    await limit.__aenter__()
+    first = asyncio.create_task(limit.__aenter__())
+    second = asyncio.create_task(limit.__aenter__())
+    await asyncio.sleep(0.01)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await limit.__aexit__(None, None, None)
+    await asyncio.wait_for(second, 1)  # the slot went to the waiter still there
+    assert limit.active == 1
+
+
+async def test_a_waiter_admitted_then_cancelled_hands_its_slot_on() -> None:
+    limit = AdaptiveLimit(1)
+    await limit.__aenter__()
+    first = asyncio.create_task(limit.__aenter__())
+    second = asyncio.create_task(limit.__aenter__())
+    await asyncio.sleep(0.01)
+    await limit.__aexit__(None, None, None)  # admits `first`...
+    first.cancel()  # ...which is cancelled before it runs again
+    await asyncio.gather(first, return_exceptions=True)
+    await asyncio.wait_for(second, 1)
+    assert limit.active == 1

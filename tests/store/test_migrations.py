@@ -25,4 +25,4 @@ def test_migrate_is_idempotent(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
     store.close()
-    assert version == "0002"
+    assert version == "0003"

@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from sqlalchemy import text
 
 from overnight.store import BatchRecord, Completion, Store
+from overnight.store import store as store_module
 from overnight.store.records import ENDED, ERRORED, SUCCEEDED
 
 FAR_FUTURE = 2**60
@@ -32,8 +34,10 @@ async def make_batch(
     )
 
 
-async def all_results(store: Store, seq: int) -> bytes:
-    return b"".join([chunk async for chunk in store.stream_results(seq)])
+async def all_results(store: Store, batch_id: str) -> bytes:
+    record = await store.get_batch("w", batch_id)
+    assert record is not None
+    return b"".join([chunk async for chunk in store.stream_results(record)])
 
 
 def assert_counts_add_up(record: BatchRecord) -> None:
@@ -70,7 +74,7 @@ async def test_a_request_gets_exactly_one_result(store: Store) -> None:
     after = await store.get_batch("w", "msgbatch_a")
     assert after is not None
     assert (after.succeeded, after.errored, after.processing, after.status, after.ended_at) == (3, 0, 0, ENDED, 5)
-    assert await all_results(store, record.seq) == b"ok\n" * 3
+    assert await all_results(store, record.id) == b"ok\n" * 3
 
 
 async def test_cancel_moves_only_pending_and_keeps_running_results(store: Store) -> None:
@@ -152,15 +156,28 @@ async def test_delete_only_ended_batches(store: Store) -> None:
         assert conn.execute(text("SELECT count(*) FROM requests")).scalar_one() == 0
 
 
-async def test_results_pages_cover_every_request_once(store: Store) -> None:
+@pytest.mark.parametrize("read_by", ["id range", "state"])
+async def test_results_pages_cover_every_request_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch, read_by: str
+) -> None:
+    await make_batch(store, 4, batch_id="msgbatch_before")  # other batches' rows around this one's
     record = await make_batch(store, 25)
+    await make_batch(store, 4, batch_id="msgbatch_after")
     leased = await store.lease_requests([(record.seq, 10)], owner="me", lease_until=FAR_FUTURE)
     await store.complete_requests(
         [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"ok\n") for i in leased], owner="me", now=3
     )
     await store.cancel_batch(record.seq, 4)
-    chunks = [chunk async for chunk in store.stream_results(record.seq, chunk_bytes=16)]
-    assert len(chunks) == 2  # past chunk_bytes, each state's rows are sent as they are fetched
+    ended = await store.get_batch("w", record.id)
+    assert ended is not None and ended.status == ENDED
+    assert (ended.first_request_id, ended.last_request_id) == (5, 29)
+    monkeypatch.setattr(store_module, "_RESULT_CHUNK_IDS", 7)
+    monkeypatch.setattr(store_module, "_RESULT_CHUNK_BYTES", 16)
+    if read_by == "state":  # batches stored before migration 0003 have no id range
+        ended = msgspec.structs.replace(ended, first_request_id=None, last_request_id=None)
+    chunks = [chunk async for chunk in store.stream_results(ended)]
+    # by id: 25 ids in runs of 7; by state: past the byte threshold, each state's fetched rows
+    assert len(chunks) == (4 if read_by == "id range" else 2)
     lines = b"".join(chunks).splitlines()
     assert lines.count(b"ok") == 10
     canceled = sorted(line for line in lines if line != b"ok")
@@ -197,3 +214,22 @@ async def test_checkpoint_moves_every_committed_page_into_the_database_file(stor
     assert database.stat().st_size > 12_000_000
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == 8192
+
+
+async def test_results_deleted_while_streaming_end_in_an_error_not_a_short_stream(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = await make_batch(store, 20)
+    await store.cancel_batch(record.seq, 4)
+    ended = await store.get_batch("w", record.id)
+    assert ended is not None
+    monkeypatch.setattr(store_module, "_RESULT_CHUNK_IDS", 5)
+    monkeypatch.setattr(store_module, "_READS_AHEAD", 1)
+    stream = store.stream_results(ended)
+    first = await anext(stream)
+    assert first.count(b"\n") == 5
+    assert await store.delete_batch(record.seq)
+    short = r"^batch msgbatch_a: (5|10) result lines for 20 requests$"  # what was read before the delete
+    with pytest.raises(store_module.ResultsChangedError, match=short):
+        async for _ in stream:
+            pass

@@ -1,0 +1,25 @@
+"""Each batch records the id range of its requests, so results stream as a few range scans.
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # Nullable: batches stored before this migration have no range; their results are read by state.
+    op.add_column("batches", sa.Column("first_request_id", sa.BigInteger(), nullable=True))
+    op.add_column("batches", sa.Column("last_request_id", sa.BigInteger(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("batches") as batch:
+        batch.drop_column("last_request_id")
+        batch.drop_column("first_request_id")
