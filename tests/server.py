@@ -46,7 +46,7 @@ class ServerProcess:
         args: Sequence[str] = (),
         *,
         env: Mapping[str, str] | None = None,
-        backend: str = "fake",
+        backend: str | None = "fake",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ class ServerProcess:
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--data-dir", str(self.data_dir),
-            "--backend", self.backend,
+            *(["--backend", self.backend] if self.backend is not None else []),  # None: the server's default
             *self.args,
         ]
 
@@ -88,7 +88,8 @@ class ServerProcess:
         env.update(self.extra_env)
         return env
 
-    def start(self, *, port: int | None = None) -> ServerProcess:
+    def start(self, *, port: int | None = None, startup_timeout: float | None = None) -> ServerProcess:
+        """Start and wait until healthy, for `startup_timeout` seconds (default `STARTUP_TIMEOUT_S`)."""
         assert not self.running, "server already running"
         self.port = port or free_port()
         self.starts += 1
@@ -106,12 +107,12 @@ class ServerProcess:
                 cwd=REPO_ROOT,
                 env=self._environment(),
             )
-        self._wait_healthy()
+        self._wait_healthy(STARTUP_TIMEOUT_S if startup_timeout is None else startup_timeout)
         return self
 
-    def _wait_healthy(self) -> None:
+    def _wait_healthy(self, timeout: float) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        deadline = time.monotonic() + timeout
         last_error = "no attempt"
         while time.monotonic() < deadline:
             code = self.process.poll()
@@ -130,7 +131,7 @@ class ServerProcess:
             time.sleep(0.05)
         self.kill()
         raise AssertionError(
-            f"overnight server did not become healthy within {STARTUP_TIMEOUT_S}s ({last_error}).\n"
+            f"overnight server did not become healthy within {timeout}s ({last_error}).\n"
             f"command: {' '.join(self.command())}\nstderr:\n{_tail(self.stderr_path)}"
         )
 

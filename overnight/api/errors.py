@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from overnight.api.responses import json_response
 from overnight.exceptions import InvalidRequestError, NotFoundError, OvernightError
@@ -14,14 +16,14 @@ from overnight.exceptions import InvalidRequestError, NotFoundError, OvernightEr
 logger = logging.getLogger(__name__)
 
 
-def error_response(request: Request, error: OvernightError) -> Response:
+def error_response(request: Request, error: OvernightError, headers: Mapping[str, str] | None = None) -> Response:
     request_id = request.scope.get("overnight.request_id")
     body = {
         "type": "error",
         "error": {"type": error.error_type, "message": error.message},
         "request_id": request_id,
     }
-    headers = {"request-id": request_id} if request_id else {}
+    headers = {**(headers or {}), **({"request-id": request_id} if request_id else {})}
     if error.retry_after_seconds is not None:
         headers["retry-after"] = str(max(1, round(error.retry_after_seconds)))
     return json_response(body, status_code=error.status_code, headers=headers)
@@ -39,11 +41,21 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         not_allowed = InvalidRequestError(f"Method {request.method} is not allowed on {request.url.path}")
         not_allowed.status_code = 405
-        return error_response(request, not_allowed)
+        return error_response(request, not_allowed, {"allow": ", ".join(_allowed_methods(request))})
     other = OvernightError(exc.detail)
     other.status_code = exc.status_code
     other.error_type = "invalid_request_error" if exc.status_code < 500 else "api_error"
     return error_response(request, other)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path (Starlette's own `Allow` names one route's only)."""
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            allowed |= getattr(route, "methods", None) or set()
+    return sorted(allowed)
 
 
 async def handle_client_disconnect(request: Request, exc: Exception) -> Response:

@@ -13,7 +13,11 @@ that are ignored as hints). Choices made where the formats differ:
   strips previous turns' thinking from the model's context.
 - An assistant prefill (the last message from the assistant) has no chat-completions equivalent
   and is refused.
-- The Message echoes the client's model name; its id is a fresh `msg_` id.
+- `stop_reason: "stop_sequence"` only where the upstream names the matched string (vLLM); a bare
+  `finish_reason: "stop"` is `end_turn`, since it may as well be an end-of-turn token.
+- The Message echoes the client's model name; its id is a fresh `msg_` id. Tool calls become
+  tool_use blocks with `toolu_` ids: an upstream id already in that form is kept, any other
+  (`call_...`) is replaced by a fresh one; later turns send our ids upstream unchanged.
 """
 
 from __future__ import annotations
@@ -277,13 +281,28 @@ def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
             ) from None
     if not isinstance(tool_input, dict):
         raise ApiError(f"the upstream's call to tool {name!r} has arguments that are not a JSON object")
+    # Tool_use ids have our `toolu_` form (the wire spec, §2); the upstream's own (`call_...`) is not
+    # kept. The client sends our id back in later turns and the request side passes it on as
+    # `tool_calls[].id` / `tool_call_id`: OpenAI-compatible servers take any id consistent within the
+    # conversation, so nothing needs mapping back.
     call_id = call.get("id")
-    return tool_use_block(name, tool_input, call_id if isinstance(call_id, str) and call_id else None)
+    ours = isinstance(call_id, str) and call_id.startswith("toolu_")
+    return tool_use_block(name, tool_input, call_id if ours else None)
 
 
 def _stop_reason(
     choice: dict[str, Any], params: MessageCreateParams, has_tool_calls: bool, completion_tokens: int
 ) -> tuple[str, str | None]:
+    """The Messages stop_reason and stop_sequence for a choice's finish_reason.
+
+    `stop_sequence` is claimed only when the upstream names the matched string, as vLLM does in the
+    choice's `stop_reason`. Others (OpenAI, llama-cpp-python's server) say `finish_reason:
+    "stop"` alike for an end-of-turn token, for the chat template's own stop string (llama-cpp-python
+    adds e.g. Gemma's `<end_of_turn>\\n` to the client's list) and for a client stop string, and cut the
+    text before the match; the text then holds no trace of which one ended it, not even with a single
+    stop sequence sent. So that case is `end_turn`: a stop sequence is never reported unless it
+    provably matched.
+    """
     finish_reason = choice.get("finish_reason")
     if finish_reason == "length":
         # Fewer tokens than asked for and still cut off: the context window ran out, not max_tokens.
@@ -297,7 +316,8 @@ def _stop_reason(
         return "tool_use", None
     if finish_reason in ("tool_calls", "function_call"):
         return "tool_use", None
-    # vLLM reports the matched stop string in `stop_reason` (an int there is a stop token id).
+    # vLLM reports the matched stop string in `stop_reason` (an int there is a stop token id); without
+    # it "stop" is end_turn even when stop sequences were sent (see the docstring).
     matched = choice.get("stop_reason")
     if isinstance(matched, str) and matched in (params.stop_sequences or []):
         return "stop_sequence", matched

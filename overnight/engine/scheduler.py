@@ -23,11 +23,11 @@ from itertools import chain, zip_longest
 
 from overnight.engine.calls import BackendCaller, RequestWithdrawn
 from overnight.engine.sweeper import Sweeper
-from overnight.exceptions import ApiError, OvernightError
+from overnight.exceptions import ApiError, OvernightError, RateLimitError
 from overnight.protocol.messages import parse_params
-from overnight.protocol.results import errored_line, succeeded_line
+from overnight.protocol.results import RESULT_ERROR_TYPES, errored_line, succeeded_line
 from overnight.store import Completion, LeasedRequest, Store
-from overnight.store.records import CANCELED, CANCELING, ERRORED, IN_PROGRESS, SUCCEEDED
+from overnight.store.records import CANCELED, CANCELING, ERRORED, IN_PROGRESS, SUCCEEDED, ActiveBatches
 from overnight.timestamps import MICROS, now_micros
 
 logger = logging.getLogger(__name__)
@@ -92,10 +92,11 @@ class Scheduler:
         active = await self.store.active_batches()
         if self.reclaim_all_leases_on_start:
             # Only this process uses this database, so every running request was orphaned by a crash.
-            recovered = await self.store.recover_expired_leases([seq for seq, _ in active], 2**62)
+            recovered = await self.store.recover_expired_leases(active.seqs, now_micros(), every_lease=True)
             if recovered:
                 logger.info("recovered %d requests left running by a previous process", recovered)
-        self._batch_status = dict(active)
+            active = await self.store.active_batches()  # recovery may have ended canceling batches
+        self._batch_status = dict(active.statuses)
         self._writer = asyncio.create_task(self._write_loop(), name="overnight-writer")
         self._tasks = [
             asyncio.create_task(self._feed_loop(), name="overnight-feeder"),
@@ -129,9 +130,10 @@ class Scheduler:
         self._flush_now.set()
         if self._writer is not None:
             await self._writer
-        interrupted = [request_id for request_id in self._held if request_id not in set(unstarted)]
-        await self.store.release_requests(unstarted, owner=self.owner, started=False)
-        await self.store.release_requests(interrupted, owner=self.owner, started=True)
+        not_started = set(unstarted)
+        interrupted = [request_id for request_id in self._held if request_id not in not_started]
+        await self.store.release_requests(unstarted, owner=self.owner, started=False, now=now_micros())
+        await self.store.release_requests(interrupted, owner=self.owner, started=True, now=now_micros())
         if interrupted:
             logger.info("handed back %d interrupted requests; they will run again", len(interrupted))
 
@@ -143,15 +145,18 @@ class Scheduler:
     def batch_canceled(self, batch_seq: int) -> None:
         self._batch_status[batch_seq] = CANCELING
 
-    def observe_active_batches(self, active: list[tuple[int, str]]) -> None:
+    def observe_active_batches(self, active: ActiveBatches) -> None:
         """Take the store's view of unfinished batches; one missing from it has ended (e.g. expired).
 
-        A batch never goes back from canceling, so a cancel we heard of after that read is kept.
+        The view may be older than what we know: a batch newer than it (leased since, by a later
+        read) is kept, and so is a cancel we heard of after it, since a batch never leaves canceling.
         """
         previous = self._batch_status
-        self._batch_status = {
-            seq: CANCELING if previous.get(seq) == CANCELING else status for seq, status in active
-        }
+        current = {seq: CANCELING if previous.get(seq) == CANCELING else status for seq, status in active.statuses}
+        for seq, status in previous.items():
+            if seq > active.newest_seq:
+                current[seq] = status
+        self._batch_status = current
 
     # --- feeding ------------------------------------------------------------------------------
 
@@ -177,7 +182,7 @@ class Scheduler:
     async def _lease_round(self) -> int:
         active = await self.store.active_batches()
         self.observe_active_batches(active)
-        in_progress = [seq for seq, status in active if status == IN_PROGRESS]
+        in_progress = [seq for seq, status in active.statuses if status == IN_PROGRESS]
         want = self._buffer_target() - self._buffer.qsize()
         if not in_progress or want <= 0:
             return 0
@@ -257,7 +262,7 @@ class Scheduler:
 
     @staticmethod
     def _errored(item: LeasedRequest, error: OvernightError) -> Completion:
-        line = errored_line(item.custom_id, error.error_type, error.message)
+        line = errored_line(item.custom_id, result_error_type(error), error.message)
         return Completion(item.id, item.batch_seq, item.attempt, ERRORED, line)
 
     # --- writing ------------------------------------------------------------------------------
@@ -308,3 +313,17 @@ class Scheduler:
                 )
             except Exception:
                 logger.exception("renewing leases failed")
+
+
+def result_error_type(error: OvernightError) -> str:
+    """The error type a batch result reports for `error`.
+
+    A result cannot tell the client to come back later, so a backend still rate limiting when the
+    attempt budget ran out is reported as overloaded. Types the SDKs' result union does not know
+    (`request_too_large` from an upstream's 413) become the general type of their class of status.
+    """
+    if isinstance(error, RateLimitError):
+        return "overloaded_error"
+    if error.error_type in RESULT_ERROR_TYPES:
+        return error.error_type
+    return "invalid_request_error" if error.status_code < 500 else "api_error"

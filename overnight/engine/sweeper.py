@@ -7,6 +7,7 @@ import logging
 from typing import Protocol
 
 from overnight.store import Store
+from overnight.store.records import ActiveBatches
 from overnight.timestamps import now_micros
 
 logger = logging.getLogger(__name__)
@@ -15,7 +16,7 @@ logger = logging.getLogger(__name__)
 class SweepListener(Protocol):
     def wake(self) -> None: ...
 
-    def observe_active_batches(self, active: list[tuple[int, str]]) -> None: ...
+    def observe_active_batches(self, active: ActiveBatches) -> None: ...
 
 
 class Sweeper:
@@ -43,7 +44,7 @@ class Sweeper:
             logger.info("batch %s archived", batch_id)
         active = await self.store.active_batches()
         self.listener.observe_active_batches(active)
-        recovered = await self.store.recover_expired_leases([seq for seq, _ in active], now)
+        recovered = await self.store.recover_expired_leases(active.seqs, now)
         if recovered:
             logger.warning("%d requests had lapsed leases and will run again", recovered)
             self.listener.wake()

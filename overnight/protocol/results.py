@@ -13,6 +13,21 @@ Message = dict[str, Any]
 
 _encode = msgspec.json.Encoder().encode
 
+# The error types the SDKs' union for a result's error (`ErrorObject`) knows; strict clients reject others.
+RESULT_ERROR_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "billing_error",
+        "permission_error",
+        "not_found_error",
+        "rate_limit_error",
+        "timeout_error",
+        "api_error",
+        "overloaded_error",
+    }
+)
+
 
 def text_block(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text, "citations": None}
@@ -57,6 +72,7 @@ def succeeded_line(custom_id: str, result_message: Message) -> bytes:
 
 def errored_line(custom_id: str, error_type: str, error_message: str) -> bytes:
     """One JSONL line for an errored request: a whole error envelope nested in the result."""
+    assert error_type in RESULT_ERROR_TYPES, error_type
     error = {"type": "error", "error": {"type": error_type, "message": error_message},
              "request_id": ids.request_id()}
     return _encode({"custom_id": custom_id, "result": {"type": "errored", "error": error}}) + b"\n"

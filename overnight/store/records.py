@@ -56,3 +56,14 @@ class Completion(msgspec.Struct, frozen=True, gc=False):
     attempt: int
     state: str
     line: bytes | None
+
+
+class ActiveBatches(msgspec.Struct, frozen=True):
+    """The batches that had not ended when read, and the newest batch seq that existed just before."""
+
+    statuses: list[tuple[int, str]]
+    newest_seq: int
+
+    @property
+    def seqs(self) -> list[int]:
+        return [seq for seq, _ in self.statuses]

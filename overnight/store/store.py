@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, bindparam, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Connection, bindparam, func, insert, select, text, update
 
 from overnight.protocol.results import bare_line
 from overnight.store.database import connect
@@ -31,6 +31,7 @@ from overnight.store.records import (
     PENDING,
     RUNNING,
     SUCCEEDED,
+    ActiveBatches,
     BatchRecord,
     Completion,
     LeasedRequest,
@@ -339,15 +340,21 @@ class Store:
     # --- requests: the engine's operations ---------------------------------------------------
 
     @_reads
-    def active_batches(self) -> list[tuple[int, str]]:
-        """(seq, status) of every batch that has not ended, oldest first."""
+    def active_batches(self) -> ActiveBatches:
+        """(seq, status) of every batch that has not ended, oldest first, and the newest seq read before.
+
+        Any batch missing from the list with a seq up to `newest_seq` had ended when it was read; a
+        larger seq is a batch created since.
+        """
         with self.engine.connect() as conn:
+            # The watermark first: a batch created between the two reads is then newer than it.
+            newest = conn.execute(select(func.coalesce(func.max(batches.c.seq), 0))).scalar_one()
             rows = conn.execute(
                 select(batches.c.seq, batches.c.status)
                 .where(UNFINISHED)
                 .order_by(batches.c.seq)
             ).all()
-        return [(row[0], row[1]) for row in rows]
+        return ActiveBatches([(row[0], row[1]) for row in rows], int(newest))
 
     @_writes
     def lease_requests(
@@ -420,34 +427,31 @@ class Store:
             _end_if_done(conn, list(counts), now)
 
     @_writes
-    def release_requests(self, request_ids: Iterable[int], *, owner: str, started: bool) -> int:
-        """Hand leased requests back as pending (shutdown); an unstarted one gets its attempt back."""
-        rows = [{"id": request_id, "owner": owner} for request_id in request_ids]
-        if not rows:
+    def release_requests(self, request_ids: Iterable[int], *, owner: str, started: bool, now: int) -> int:
+        """Hand leased requests back (shutdown): pending again, or canceled if their batch is canceling.
+
+        A request that never started gets its attempt back.
+        """
+        ids = list(request_ids)
+        if not ids:
             return 0
-        attempt = "attempt" if started else "attempt - 1"
+        mine = requests.c.id.in_(ids) & (requests.c.lease_owner == owner)
         with self.engine.begin() as conn:
-            return conn.execute(
-                text(
-                    f"UPDATE requests SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, "
-                    f"attempt = {attempt} WHERE id = :id AND lease_owner = :owner AND state = 'running'"
-                ),
-                rows,
-            ).rowcount
+            return _hand_back(conn, mine, attempt_delta=0 if started else -1, now=now)
 
     @_writes
-    def recover_expired_leases(self, batch_seqs: Sequence[int], now: int) -> int:
-        """Put requests whose lease lapsed (their worker died or stalled) back to pending."""
+    def recover_expired_leases(self, batch_seqs: Sequence[int], now: int, *, every_lease: bool = False) -> int:
+        """Hand back requests whose lease lapsed (their worker died or stalled), as `release_requests`.
+
+        `every_lease`: all running requests, lapsed or not (at start, when no other worker can exist).
+        """
         if not batch_seqs:
             return 0
+        lapsed = requests.c.batch_seq.in_(list(batch_seqs))
+        if not every_lease:
+            lapsed &= requests.c.lease_expires_at < now
         with self.engine.begin() as conn:
-            return conn.execute(
-                text(
-                    "UPDATE requests SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL "
-                    "WHERE batch_seq = :seq AND state = 'running' AND lease_expires_at < :now"
-                ),
-                [{"seq": seq, "now": now} for seq in batch_seqs],
-            ).rowcount
+            return _hand_back(conn, lapsed, attempt_delta=0, now=now)
 
     @_writes
     def expire_batches(self, now: int) -> list[str]:
@@ -518,6 +522,28 @@ def _add_counts(conn: Connection, seq: int, by_state: dict[str, int]) -> None:
         column = _COUNTER_OF_STATE[state]
         values[column] = batches.c[column] + n
     conn.execute(update(batches).where(batches.c.seq == seq).values(**values))
+
+
+def _hand_back(conn: Connection, which: ColumnElement[bool], *, attempt_delta: int, now: int) -> int:
+    """Free the running requests `which` selects: to canceled in canceling batches (which lease no
+    more, so nothing would ever run them), else to pending. Returns how many were freed."""
+    running = (requests.c.state == RUNNING) & which
+    in_canceling = requests.c.batch_seq.in_(select(batches.c.seq).where(batches.c.status == CANCELING))
+    per_batch = conn.execute(
+        select(requests.c.batch_seq, func.count()).where(running, in_canceling).group_by(requests.c.batch_seq)
+    ).all()
+    lease_free = {"lease_owner": None, "lease_expires_at": None}
+    if per_batch:
+        conn.execute(update(requests).where(running, in_canceling).values(state=CANCELED, **lease_free))
+        for seq, canceled in per_batch:
+            _add_counts(conn, seq, {CANCELED: canceled})
+        _end_if_done(conn, [seq for seq, _ in per_batch], now)
+    freed = conn.execute(
+        update(requests)
+        .where(running)
+        .values(state=PENDING, attempt=requests.c.attempt + attempt_delta, **lease_free)
+    ).rowcount
+    return freed + sum(canceled for _, canceled in per_batch)
 
 
 def _end_if_done(conn: Connection, seqs: list[int], now: int) -> None:

@@ -182,23 +182,31 @@ def test_unknown_batch_is_404(raw: httpx.Client, client: anthropic.Anthropic, ba
     ("POST", "/v1/messages/batches/msgbatch_000000000000000000000000/resume"),
     ("GET", "/v1/messages/batches/msgbatch_000000000000000000000000/results/extra"),
     ("GET", "/v2/messages/batches"),
+    ("GET", "/v1/messages/batches/"),  # a trailing slash is another path, not a redirect
+    ("POST", "/v1/messages/batches/"),
+    ("GET", "/v1/models/"),
 ])
 def test_unknown_path_is_404_json(raw: httpx.Client, method: str, path: str) -> None:
     assert_error(raw.request(method, path), 404, "not_found_error")
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("PUT", BATCHES),
-    ("DELETE", BATCHES),
-    ("PATCH", BATCHES),
-    ("PUT", f"{BATCHES}/msgbatch_000000000000000000000000"),
-    ("POST", f"{BATCHES}/msgbatch_000000000000000000000000"),
-    ("GET", f"{BATCHES}/msgbatch_000000000000000000000000/cancel"),
-    ("DELETE", f"{BATCHES}/msgbatch_000000000000000000000000/cancel"),
-    ("POST", f"{BATCHES}/msgbatch_000000000000000000000000/results"),
+ONE_BATCH = f"{BATCHES}/msgbatch_000000000000000000000000"
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("PUT", BATCHES, "GET, HEAD, POST"),
+    ("DELETE", BATCHES, "GET, HEAD, POST"),
+    ("PATCH", BATCHES, "GET, HEAD, POST"),
+    ("PUT", ONE_BATCH, "DELETE, GET, HEAD"),
+    ("POST", ONE_BATCH, "DELETE, GET, HEAD"),
+    ("GET", f"{ONE_BATCH}/cancel", "POST"),
+    ("DELETE", f"{ONE_BATCH}/cancel", "POST"),
+    ("POST", f"{ONE_BATCH}/results", "GET, HEAD"),
 ])
-def test_wrong_method_is_405(raw: httpx.Client, method: str, path: str) -> None:
-    assert_error(raw.request(method, path), 405, "invalid_request_error")
+def test_wrong_method_is_405_with_allow(raw: httpx.Client, method: str, path: str, allowed: str) -> None:
+    response = raw.request(method, path)
+    assert_error(response, 405, "invalid_request_error")
+    assert response.headers["allow"] == allowed
 
 
 def test_errors_carry_distinct_request_ids(raw: httpx.Client) -> None:

@@ -125,3 +125,32 @@ def test_ended_batches_survive_restart(tmp_path: Path, make_client: Callable[...
         _check_all_succeeded_once(client, batch.id, requests)
     finally:
         proc.terminate_quietly()
+
+
+def test_sigkill_while_canceling_then_restart_ends_the_batch(
+    tmp_path: Path, make_client: Callable[..., anthropic.Anthropic]
+) -> None:
+    # Slow enough that requests are still running when the batch is canceled and the server dies.
+    proc = ServerProcess(tmp_path / "data", ["--fake-latency-ms", "3000", "--concurrency", "4"])
+    try:
+        proc.start()
+        client = make_client(proc)
+        batch = client.messages.batches.create(requests=make_requests(20, prefix="cancel"))  # type: ignore[arg-type]
+        time.sleep(0.5)  # four requests are with the backend
+        canceling = client.messages.batches.cancel(batch.id)
+        assert canceling.processing_status == "canceling"
+        # Four with the backend, and more leased into the scheduler's buffer, are still running.
+        assert canceling.request_counts.processing >= 4
+        proc.kill()
+
+        proc.restart()
+        client = make_client(proc)
+        # Those running can never run again (a canceling batch leases nothing): they are canceled at
+        # start and the batch ends, long before it would expire.
+        ended = wait_for_end(client, batch.id, total=20, timeout=10, interval=0.1)
+        counts = ended.request_counts
+        assert (counts.canceled, counts.succeeded, counts.expired, counts.processing) == (20, 0, 0, 0)
+        types = [line.result.type for line in client.messages.batches.results(batch.id)]
+        assert sorted(types) == ["canceled"] * 20
+    finally:
+        proc.terminate_quietly()

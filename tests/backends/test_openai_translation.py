@@ -7,6 +7,7 @@ including the ones the translation ignores), so the tests exercise what real ups
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ WEATHER_TOOL = {
         "required": ["location"],
     },
 }
+TOOL_USE_ID = re.compile(r"^toolu_[0-9A-Za-z]{24}$")
 PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 
 
@@ -402,14 +404,9 @@ OLLAMA_TEXT = {
 
 def test_openai_tool_calls_become_tool_use_blocks() -> None:
     result = from_chat_completion(OPENAI_TOOL_CALLS, make_params(tools=[WEATHER_TOOL]))
-    assert result["content"] == [
-        {
-            "type": "tool_use",
-            "id": "call_Dn2RJJSxzDm49vlVTehseJ0k",
-            "name": "get_weather",
-            "input": {"location": "Boston, MA"},
-        }
-    ]
+    [block] = result["content"]
+    assert TOOL_USE_ID.match(block["id"]), block["id"]  # ours, not the upstream's call_Dn2RJJSxzDm49vlVTehseJ0k
+    assert block == {"type": "tool_use", "id": block["id"], "name": "get_weather", "input": {"location": "Boston, MA"}}
     assert result["stop_reason"] == "tool_use"
     assert result["stop_sequence"] is None
     assert result["usage"]["input_tokens"] == 82
@@ -418,6 +415,63 @@ def test_openai_tool_calls_become_tool_use_blocks() -> None:
     assert result["model"] == "claude-sonnet-4-5"
     assert result["type"] == "message" and result["role"] == "assistant"
     assert result["id"].startswith("msg_")
+
+
+def test_upstream_call_ids_are_replaced_by_distinct_toolu_ids() -> None:
+    # llama-cpp-python's server names calls after the completion: call__0_<name>_<completion id>.
+    reply = json.loads(json.dumps(OPENAI_TOOL_CALLS))
+    reply["choices"][0]["message"]["tool_calls"] = [
+        {
+            "id": f"call__{index}_get_weather_cmpl-2c1c3b0e-8f3a-4a5e-9a36-0d4b1c6f9e21",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"location": city})},
+        }
+        for index, city in enumerate(["Paris", "Oslo"])
+    ]
+    blocks = from_chat_completion(reply, make_params(tools=[WEATHER_TOOL]))["content"]
+    assert [block["input"]["location"] for block in blocks] == ["Paris", "Oslo"]
+    assert all(TOOL_USE_ID.match(block["id"]) for block in blocks), blocks
+    assert blocks[0]["id"] != blocks[1]["id"]
+
+
+def test_an_upstream_toolu_id_is_kept() -> None:
+    # An upstream that already speaks our id form (e.g. another overnight or a proxy in front of Claude).
+    reply = json.loads(json.dumps(OPENAI_TOOL_CALLS))
+    reply["choices"][0]["message"]["tool_calls"][0]["id"] = "toolu_01A09q90qw90lq917835lq9"
+    [block] = from_chat_completion(reply, make_params(tools=[WEATHER_TOOL]))["content"]
+    assert block["id"] == "toolu_01A09q90qw90lq917835lq9"
+
+
+def test_our_tool_use_id_round_trips_to_the_upstream() -> None:
+    first = make_params(tools=[WEATHER_TOOL], messages=[{"role": "user", "content": "Weather in Boston?"}])
+    [block] = from_chat_completion(OPENAI_TOOL_CALLS, first)["content"]
+
+    # The client's next turn sends the tool_use back with our id and answers it by that id.
+    second = make_params(
+        tools=[WEATHER_TOOL],
+        messages=[
+            {"role": "user", "content": "Weather in Boston?"},
+            {"role": "assistant", "content": [block]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": block["id"], "content": "22 degrees, sunny"}],
+            },
+        ],
+    )
+    messages = to_chat_completion(second)["messages"]
+    assert messages[1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": block["id"],
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"location": "Boston, MA"}'},
+            }
+        ],
+    }
+    assert messages[2] == {"role": "tool", "tool_call_id": block["id"], "content": "22 degrees, sunny"}
+    assert messages[1]["tool_calls"][0]["id"] == messages[2]["tool_call_id"]
 
 
 def test_text_and_tool_calls_with_finish_reason_stop_still_mean_tool_use() -> None:
@@ -436,6 +490,29 @@ def test_vllm_reported_stop_string_becomes_stop_sequence() -> None:
     assert result["stop_reason"] == "stop_sequence"
     assert result["stop_sequence"] == ", 5"
     assert (result["usage"]["input_tokens"], result["usage"]["output_tokens"]) == (20, 12)
+
+
+def test_stop_without_a_named_match_is_end_turn_even_with_one_stop_sequence() -> None:
+    # llama-cpp-python's server: the text is cut before the stop string and nothing names it; the same
+    # answer comes for an end-of-turn token, so no stop sequence can be claimed.
+    reply = {
+        "id": "chatcmpl-6f0d3c8e-1d2b-4c4e-9b0a-5e7f3a2b1c0d",
+        "object": "chat.completion",
+        "created": 1733829284,
+        "model": "gemma",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Write"},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 16, "completion_tokens": 2, "total_tokens": 18},
+    }
+    result = from_chat_completion(reply, make_params(stop_sequences=[" "]))
+    assert result["content"] == [{"type": "text", "text": "Write", "citations": None}]
+    assert (result["stop_reason"], result["stop_sequence"]) == ("end_turn", None)
 
 
 def test_plain_stop_is_end_turn() -> None:

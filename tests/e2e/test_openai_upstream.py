@@ -134,3 +134,35 @@ def test_a_wrong_upstream_key_errors_without_retries(
     assert len(calls) == 2, calls
     assert all(" 401 " in line for line in calls), calls
     assert "; retry " not in wrong.stderr_tail()
+
+
+def test_stop_sequences_through_llama_cpp_server(client: anthropic.Anthropic) -> None:
+    """llama-cpp-python applies the stop string but cannot say that it matched, so overnight says end_turn.
+
+    Its server answers `finish_reason: "stop"` alike for an end-of-generation token, for the chat
+    format's own stop string (`<end_of_turn>\\n` for Gemma) and for a client's stop string, cuts the
+    text before the match and reports nothing else: no `stop_reason` field as vLLM has. Overnight never
+    claims a stop sequence it cannot prove matched (see `_stop_reason`). That the stop string did act
+    is shown by the same greedy request without it, whose text runs past where the stopped one ends.
+    """
+    base = {"model": MODEL, "max_tokens": 32, "temperature": 0.0, "messages": user("Write a sentence about the sea.")}
+    requests: list[dict[str, Any]] = [
+        {"custom_id": "stopped", "params": {**base, "stop_sequences": [" "]}},
+        {"custom_id": "free", "params": base},
+    ]
+    batch, results = run_batch(client, requests, timeout=120)
+    assert batch.request_counts.succeeded == 2
+
+    free_text = text_of(succeeded(results, "free"))
+    stopped = succeeded(results, "stopped")
+    text = text_of(stopped)
+    assert stopped.type == "message" and stopped.role == "assistant"
+    assert stopped.id.startswith("msg_") and stopped.model == MODEL
+    assert stopped.usage.input_tokens > 0
+    assert " " not in text
+    # The stop string acted: the free reply goes on past it, and the stopped one is the text before it.
+    assert " " in free_text, free_text
+    assert text == free_text[: free_text.index(" ")]
+    assert 0 < stopped.usage.output_tokens < 32
+    # Nothing tells overnight which stop ended generation, so it claims no stop sequence.
+    assert (stopped.stop_reason, stopped.stop_sequence) == ("end_turn", None)

@@ -126,9 +126,10 @@ def test_retries_then_success_or_the_last_error(client: anthropic.Anthropic, ups
         assert text_of(message) == f"upstream: {prompt}"
         assert len(upstream.calls_for(prompt)) == failures + 1, prompt
 
-    # Errored after exactly MAX_ATTEMPTS calls, with the last error's type and the upstream's message.
+    # Errored after exactly MAX_ATTEMPTS calls, with the last error's type and the upstream's message;
+    # a result cannot ask to be retried later, so a backend that never stops rate limiting is overloaded.
     for prompt, error_type, upstream_message in (
-        ("429 always", "rate_limit_error", "slow down (429 always)"),
+        ("429 always", "overloaded_error", "slow down (429 always)"),
         ("529 always", "overloaded_error", "overloaded (529 always)"),
         ("500 always", "api_error", "internal failure (500 always)"),
     ):

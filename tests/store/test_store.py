@@ -116,9 +116,42 @@ async def test_lapsed_leases_return_to_pending_and_attempt_counts(store: Store) 
 async def test_release_gives_unstarted_requests_their_attempt_back(store: Store) -> None:
     record = await make_batch(store, 1)
     leased = await store.lease_requests([(record.seq, 1)], owner="me", lease_until=FAR_FUTURE)
-    assert await store.release_requests([leased[0].id], owner="me", started=False) == 1
+    assert await store.release_requests([leased[0].id], owner="me", started=False, now=5) == 1
     again = await store.lease_requests([(record.seq, 1)], owner="me", lease_until=FAR_FUTURE)
     assert again[0].attempt == 1
+
+
+@pytest.mark.parametrize("handed_back_by", ["lease recovery", "release at shutdown"])
+async def test_requests_handed_back_in_a_canceling_batch_are_canceled_and_it_ends(
+    store: Store, handed_back_by: str
+) -> None:
+    record = await make_batch(store, 4)
+    leased = await store.lease_requests([(record.seq, 3)], owner="me", lease_until=100)
+    await store.complete_requests(
+        [Completion(leased[0].id, record.seq, leased[0].attempt, SUCCEEDED, b"ok\n")], owner="me", now=2
+    )
+    canceling = await store.cancel_batch(record.seq, 3)  # 1 pending → canceled; 2 still running
+    assert canceling is not None and (canceling.status, canceling.canceled, canceling.processing) == ("canceling", 1, 2)
+    if handed_back_by == "lease recovery":
+        assert await store.recover_expired_leases([record.seq], now=150) == 2
+    else:
+        assert await store.release_requests([i.id for i in leased[1:]], owner="me", started=True, now=150) == 2
+    ended = await store.get_batch("w", record.id)
+    assert ended is not None
+    assert (ended.status, ended.ended_at, ended.succeeded, ended.canceled, ended.processing) == ("ended", 150, 1, 3, 0)
+    assert_counts_add_up(ended)
+    assert await all_results(store, record.id) == b"ok\n" + b"".join(
+        b'{"custom_id":"r%d","result":{"type":"canceled"}}\n' % i for i in (1, 2, 3)
+    )
+
+
+async def test_active_batches_carry_the_newest_seq_read_before_them(store: Store) -> None:
+    first = await make_batch(store, 1, batch_id="msgbatch_1")
+    second = await make_batch(store, 1, batch_id="msgbatch_2")
+    await store.cancel_batch(second.seq, 5)  # ends at once: nothing was running
+    active = await store.active_batches()
+    assert active.statuses == [(first.seq, "in_progress")]
+    assert active.newest_seq == second.seq
 
 
 async def test_expiry_ends_the_batch_and_discards_late_results(store: Store) -> None:
