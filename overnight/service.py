@@ -6,7 +6,7 @@ which errors to raise); it never waits for a model.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from overnight import ids
@@ -33,7 +33,10 @@ class BatchService:
         self.settings = settings
         self.listener = listener
 
-    async def create(self, workspace: str, body: bytes | bytearray, public_base_url: str) -> dict[str, Any]:
+    async def create(
+        self, workspace: str, body: bytes | bytearray, public_base_url: str, *, betas: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Store a new batch; `betas` are the `anthropic-beta` features its requests are sent with."""
         items = decode_create_body(body, max_requests=self.settings.max_requests)
         limit = self.settings.max_queued_requests
         if limit and await self.store.queued_requests(workspace) + len(items) > limit:
@@ -49,6 +52,7 @@ class BatchService:
             created_at=created_at,
             expires_at=created_at + int(self.settings.batch_ttl_seconds * MICROS),
             items=items,
+            betas=betas,
         )
         if self.listener:
             self.listener.wake()

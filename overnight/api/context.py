@@ -42,3 +42,10 @@ def page_limit(value: str | None) -> int:
 
 def public_base_url(request: Request, settings: Settings) -> str:
     return (settings.public_url or str(request.base_url)).rstrip("/")
+
+
+def beta_features(request: Request) -> list[str]:
+    """The `anthropic-beta` features a call asks for (the header may repeat or list several), without
+    the Batches API's own, which every beta-client call carries and which a model call must not get."""
+    features = [feature.strip() for value in request.headers.getlist("anthropic-beta") for feature in value.split(",")]
+    return [feature for feature in dict.fromkeys(features) if feature and not feature.startswith("message-batches-")]

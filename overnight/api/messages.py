@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from overnight.api.auth import authenticate
 from overnight.api.body import read_capped_body
-from overnight.api.context import context_of, page_limit
+from overnight.api.context import beta_features, context_of, page_limit
 from overnight.api.responses import json_response
 from overnight.exceptions import InvalidRequestError, NotFoundError
 from overnight.protocol.messages import MessageCreateParams, parse_params
@@ -27,9 +27,7 @@ async def create_message(request: Request) -> Response:
     context = context_of(request)
     authenticate(request, context.settings)
     params = parse_params(await read_capped_body(request, context.settings.max_body_bytes))
-    if params.stream:
-        raise InvalidRequestError("stream: streaming is not supported by this server; send stream: false")
-    message = await context.caller.call(params)
+    message = await context.caller.call(params.with_betas(beta_features(request)))
     usage = message.get("usage")
     if isinstance(usage, dict):
         usage["service_tier"] = "standard"  # answered now, not as part of a batch

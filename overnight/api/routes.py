@@ -9,7 +9,7 @@ from starlette.routing import Route
 from overnight.api import messages
 from overnight.api.auth import authenticate
 from overnight.api.body import read_capped_body
-from overnight.api.context import Context, context_of, page_limit, public_base_url
+from overnight.api.context import Context, beta_features, context_of, page_limit, public_base_url
 from overnight.api.responses import json_response
 
 
@@ -23,7 +23,8 @@ async def create_batch(request: Request) -> Response:
     context = context_of(request)
     workspace = _workspace(request, context)
     body = await read_capped_body(request, context.settings.max_body_bytes)
-    batch = await context.batches.create(workspace, body, public_base_url(request, context.settings))
+    base_url = public_base_url(request, context.settings)
+    batch = await context.batches.create(workspace, body, base_url, betas=beta_features(request))
     return json_response(batch)
 
 

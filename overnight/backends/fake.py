@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+from overnight.backends.features import refuse_unknown_keys
 from overnight.protocol.messages import MessageCreateParams, text_of
 from overnight.protocol.results import Message, message, text_block
 
@@ -21,6 +22,7 @@ class FakeBackend:
         self.latency_seconds = latency_seconds
 
     async def create_message(self, params: MessageCreateParams) -> Message:
+        refuse_unknown_keys(params, self.name)
         if self.latency_seconds > 0:
             await asyncio.sleep(self.latency_seconds)
         return reply_to(params)

@@ -15,8 +15,17 @@ from overnight.protocol.messages import MessageCreateParams, ThinkingEnabled
 _IGNORED_OUTPUT_CONFIG_KEYS = {"effort"}
 
 
+def refuse_unknown_keys(params: MessageCreateParams, backend: str) -> None:
+    """Raise `InvalidRequestError` for a top-level key overnight does not know (only an Anthropic
+    upstream, which may know it, is sent such keys)."""
+    unknown = params.unknown_keys()
+    if unknown:
+        raise InvalidRequestError(f"{unknown[0]}: unknown parameter, not supported by the {backend} backend")
+
+
 def refuse_unsupported_options(params: MessageCreateParams, backend: str) -> None:
     """Raise `InvalidRequestError` for the first top-level option `backend` cannot express."""
+    refuse_unknown_keys(params, backend)
     if isinstance(params.thinking, ThinkingEnabled):
         raise unsupported("extended thinking (thinking.type: enabled)", backend)
     if params.mcp_servers:

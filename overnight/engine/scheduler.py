@@ -73,6 +73,7 @@ class Scheduler:
         self._held: dict[int, LeasedRequest] = {}  # leased by us and not yet written back
         self._unwritten: list[Completion] = []
         self._batch_status: dict[int, str] = {}  # status of every batch that has not ended
+        self._batch_betas: dict[int, list[str]] = {}  # `anthropic-beta` features of those that have some
         self._wake = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._has_unwritten = asyncio.Event()
@@ -96,7 +97,7 @@ class Scheduler:
             if recovered:
                 logger.info("recovered %d requests left running by a previous process", recovered)
             active = await self.store.active_batches()  # recovery may have ended canceling batches
-        self._batch_status = dict(active.statuses)
+        self.observe_active_batches(active)
         self._writer = asyncio.create_task(self._write_loop(), name="overnight-writer")
         self._tasks = [
             asyncio.create_task(self._feed_loop(), name="overnight-feeder"),
@@ -157,6 +158,9 @@ class Scheduler:
             if seq > active.newest_seq:
                 current[seq] = status
         self._batch_status = current
+        self._batch_betas.update(active.betas)  # a batch's betas never change
+        for seq in [seq for seq in self._batch_betas if seq not in current]:
+            del self._batch_betas[seq]
 
     # --- feeding ------------------------------------------------------------------------------
 
@@ -248,6 +252,8 @@ class Scheduler:
             )
         try:
             params = parse_params(item.params)
+            if item.batch_seq in self._batch_betas:
+                params = params.with_betas(self._batch_betas[item.batch_seq])
             message = await self.caller.call(params, still_wanted=lambda: self._wanted(item))
         except RequestWithdrawn:
             return self._unwanted_outcome(item)

@@ -6,6 +6,7 @@ Validation happens in the engine, per request (never on the create path), and a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -13,14 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from overnight.exceptions import InvalidRequestError
 
 
+# Strict types, as the API has them: "5" is not an integer and 0 is not a boolean (an integer is still
+# a number).
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class _Open(BaseModel):
     """Blocks and options overnight passes through without interpreting every field."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
 
 class CacheControl(_Open):
@@ -182,9 +185,13 @@ class Metadata(_Strict):
 
 
 class MessageCreateParams(_Strict):
-    """`MessageCreateParamsNonStreaming`, as the SDKs send it inside a batch request."""
+    """`MessageCreateParamsNonStreaming`, as the SDKs send it inside a batch request.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    Top-level keys overnight does not know are kept (`unknown_keys()`): an Anthropic upstream gets
+    them as sent (the API grows faster than this model), every other backend refuses them by name.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True, strict=True)
 
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int = Field(ge=1)
@@ -198,7 +205,7 @@ class MessageCreateParams(_Strict):
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
     metadata: Metadata | None = None
-    stream: Literal[False] | None = None
+    stream: bool | None = None  # false or absent: see _check_consistency
     # Passed through to upstreams that understand them; local backends refuse what they can't honour.
     service_tier: Literal["auto", "standard_only"] | None = None
     cache_control: CacheControl | None = None
@@ -223,9 +230,24 @@ class MessageCreateParams(_Strict):
 
     def forwardable(self) -> dict[str, Any]:
         """The params as JSON-ready data, without the header-like keys, for an upstream Messages API."""
-        return self.model_dump(
-            mode="json", exclude_none=True, exclude={"betas", "user_profile_id", "workspace_id", "stream"}
-        )
+        data = self.model_dump(mode="json", exclude_none=True, exclude={"stream", *_HEADER_FIELDS})
+        for key in _HEADER_KEYS:  # a second spelling of one lands among the unknown keys
+            data.pop(key, None)
+        return data
+
+    def with_betas(self, betas: Sequence[str]) -> MessageCreateParams:
+        """These params with `betas` (from the request's `anthropic-beta` header) added to their own."""
+        merged = list(dict.fromkeys([*betas, *(self.betas or ())]))
+        return self if merged == self.betas else self.model_copy(update={"betas": merged})
+
+    def unknown_keys(self) -> list[str]:
+        """Top-level keys this model does not know, in the order sent."""
+        return [key for key in self.model_extra or () if key not in _HEADER_KEYS]
+
+
+# Header-like keys the SDKs may leave inside params, under either spelling; never sent upstream as params.
+_HEADER_FIELDS = {"betas", "user_profile_id", "workspace_id"}
+_HEADER_KEYS = {*_HEADER_FIELDS, "anthropic-beta", "anthropic-user-profile-id", "anthropic-workspace-id"}
 
 
 _BLOCK_TYPES = {
@@ -239,9 +261,27 @@ _BLOCK_TYPES = {
 def parse_params(raw: bytes | bytearray | memoryview | str) -> MessageCreateParams:
     """Validate one request's params, raising `InvalidRequestError` that names the offending field."""
     try:
-        return MessageCreateParams.model_validate_json(bytes(raw) if isinstance(raw, memoryview) else raw)
+        params = MessageCreateParams.model_validate_json(bytes(raw) if isinstance(raw, memoryview) else raw)
     except ValidationError as exc:
         raise InvalidRequestError(describe_validation_error(exc)) from None
+    _check_consistency(params)
+    return params
+
+
+def _check_consistency(params: MessageCreateParams) -> None:
+    """Rules beyond each field's own type, as the API states them."""
+    if params.stream:
+        raise InvalidRequestError("stream: streaming is not supported by this server; send stream: false")
+    if isinstance(params.thinking, ThinkingEnabled) and params.thinking.budget_tokens >= params.max_tokens:
+        raise InvalidRequestError(
+            f"thinking.budget_tokens: must be less than max_tokens ({params.thinking.budget_tokens} >= "
+            f"{params.max_tokens})"
+        )
+    choice = params.tool_choice
+    if isinstance(choice, ToolChoiceAny | ToolChoiceTool) and not params.tools:
+        raise InvalidRequestError(f"tool_choice: type {choice.type!r} may only be specified while providing tools")
+    if isinstance(choice, ToolChoiceTool) and params.tools and choice.name not in {t.name for t in params.tools}:
+        raise InvalidRequestError(f"tool_choice.name: no tool named {choice.name!r} in tools")
 
 
 def describe_validation_error(exc: ValidationError) -> str:

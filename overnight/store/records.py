@@ -38,6 +38,7 @@ class BatchRecord(msgspec.Struct, frozen=True, gc=False):
     archived_at: int | None
     first_request_id: int | None
     last_request_id: int | None
+    betas: str | None
 
 
 class LeasedRequest(msgspec.Struct, frozen=True, gc=False):
@@ -63,6 +64,8 @@ class ActiveBatches(msgspec.Struct, frozen=True):
 
     statuses: list[tuple[int, str]]
     newest_seq: int
+    betas: dict[int, list[str]] = msgspec.field(default_factory=dict)
+    """The `anthropic-beta` features of those batches that have some."""
 
     @property
     def seqs(self) -> list[int]:

@@ -130,6 +130,7 @@ class Store:
         created_at: int,
         expires_at: int,
         items: Sequence[tuple[str, Any]],
+        betas: Sequence[str] = (),
     ) -> BatchRecord:
         """Store a batch and all its requests in one transaction: all of it, or nothing."""
         # Straight to the driver's executemany with tuples: SQLAlchemy's per-row parameter handling
@@ -148,6 +149,7 @@ class Store:
                     processing=len(items),
                     created_at=created_at,
                     expires_at=expires_at,
+                    betas=",".join(betas) or None,
                 )
                 .returning(batches.c.seq)
             ).scalar_one()
@@ -350,11 +352,15 @@ class Store:
             # The watermark first: a batch created between the two reads is then newer than it.
             newest = conn.execute(select(func.coalesce(func.max(batches.c.seq), 0))).scalar_one()
             rows = conn.execute(
-                select(batches.c.seq, batches.c.status)
+                select(batches.c.seq, batches.c.status, batches.c.betas)
                 .where(UNFINISHED)
                 .order_by(batches.c.seq)
             ).all()
-        return ActiveBatches([(row[0], row[1]) for row in rows], int(newest))
+        return ActiveBatches(
+            [(seq, status) for seq, status, _ in rows],
+            int(newest),
+            {seq: betas.split(",") for seq, _, betas in rows if betas},
+        )
 
     @_writes
     def lease_requests(

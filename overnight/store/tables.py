@@ -48,6 +48,8 @@ batches = Table(
     # before migration 0003), so reading its results is a scan of the table in id order.
     Column("first_request_id", BigInteger, nullable=True),
     Column("last_request_id", BigInteger, nullable=True),
+    # The `anthropic-beta` features the batch was created with (comma-separated), for its requests.
+    Column("betas", String(1024), nullable=True),
     Index("ix_batches_workspace_seq", "workspace", "seq"),
     # Partial indexes: the engine and sweepers look at unfinished batches, or at ended ones not yet
     # archived, every second; these keep that proportional to those batches, not to all ever stored.

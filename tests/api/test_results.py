@@ -107,6 +107,24 @@ INVALID_CASES: dict[str, tuple[dict[str, Any], str]] = {
                         "messages": [{"role": "user", "content": "x"}]}, "metadata"),
     "stop-not-list": ({"model": MODEL, "max_tokens": 5, "stop_sequences": "STOP",
                        "messages": [{"role": "user", "content": "x"}]}, "stop_sequences"),
+    # Types are strict, as the API's: a numeric string is not a number, 0 is not false.
+    "numeric-string-max-tokens": ({"model": MODEL, "max_tokens": "5", "messages": [{"role": "user", "content": "x"}]},
+                                  "max_tokens"),
+    "numeric-string-temperature": ({"model": MODEL, "max_tokens": 5, "temperature": "0.5",
+                                    "messages": [{"role": "user", "content": "x"}]}, "temperature"),
+    "bool-max-tokens": ({"model": MODEL, "max_tokens": True, "messages": [{"role": "user", "content": "x"}]},
+                        "max_tokens"),
+    "stream-zero": ({"model": MODEL, "max_tokens": 5, "stream": 0, "messages": [{"role": "user", "content": "x"}]},
+                    "stream"),
+    # Rules between fields.
+    "budget-over-max-tokens": ({"model": MODEL, "max_tokens": 2000,
+                                "thinking": {"type": "enabled", "budget_tokens": 2000},
+                                "messages": [{"role": "user", "content": "x"}]}, "thinking.budget_tokens"),
+    "tool-choice-without-tools": ({"model": MODEL, "max_tokens": 5, "tool_choice": {"type": "any"},
+                                   "messages": [{"role": "user", "content": "x"}]}, "tool_choice"),
+    "tool-choice-unknown-tool": ({"model": MODEL, "max_tokens": 5, "tool_choice": {"type": "tool", "name": "b"},
+                                  "tools": [{"name": "a", "input_schema": {"type": "object"}}],
+                                  "messages": [{"role": "user", "content": "x"}]}, "tool_choice.name"),
 }
 
 

@@ -218,3 +218,20 @@ async def test_unreachable_upstream_is_a_retryable_api_error() -> None:
         await backend.aclose()
     assert type(caught.value) is ApiError
     assert caught.value.retryable
+
+
+async def test_parameters_overnight_does_not_know_go_upstream_as_sent(
+    backend: AnthropicBackend, scripted_upstream: ScriptedUpstream
+) -> None:
+    # Newer API parameters (the SDK already sends these) reach an Anthropic upstream untouched, while
+    # the header-like keys never travel as params, whichever spelling (or both) was used.
+    scripted_upstream.queue(Reply(200, UPSTREAM_MESSAGE))
+    fallbacks = [{"model": "claude-haiku-4-5"}]
+    params = make_params(
+        fallbacks=fallbacks, thread={"id": "thr_1"}, betas=["a-2025"], **{"anthropic-beta": "b-2025"}
+    )
+    assert params.unknown_keys() == ["fallbacks", "thread"]
+    await backend.create_message(params)
+    [sent] = scripted_upstream.requests
+    assert sent.body["fallbacks"] == fallbacks and sent.body["thread"] == {"id": "thr_1"}
+    assert not {"betas", "anthropic-beta"} & set(sent.body)

@@ -6,7 +6,8 @@ call arrived. The front runs `--backend anthropic --max-attempts 4 --retry-base-
 
 - a request failing fewer than 4 times succeeds, after exactly failures + 1 calls;
 - one that keeps failing is errored after exactly 4 calls, with the last error's type and the upstream's
-  own message (429 → rate_limit_error, 529 → overloaded_error, 500 → api_error);
+  own message (529 → overloaded_error, 500 → api_error; a 429 that never ends → overloaded_error,
+  since a result cannot ask to be retried later);
 - a 400 is errored `invalid_request_error` after exactly 1 call;
 - retries are spaced by full-jitter exponential backoff (each wait in [0, 0.05·2^(n-1)] s, plus slack
   for scheduling), and never sooner than the upstream's `retry-after`;

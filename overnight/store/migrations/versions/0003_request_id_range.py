@@ -1,4 +1,5 @@
-"""Each batch records the id range of its requests, so results stream as a few range scans.
+"""Each batch records the id range of its requests (results stream as a few range scans) and the
+`anthropic-beta` features its requests run with.
 
 Revision ID: 0003
 Revises: 0002
@@ -17,9 +18,11 @@ def upgrade() -> None:
     # Nullable: batches stored before this migration have no range; their results are read by state.
     op.add_column("batches", sa.Column("first_request_id", sa.BigInteger(), nullable=True))
     op.add_column("batches", sa.Column("last_request_id", sa.BigInteger(), nullable=True))
+    op.add_column("batches", sa.Column("betas", sa.String(1024), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("batches") as batch:
+        batch.drop_column("betas")
         batch.drop_column("last_request_id")
         batch.drop_column("first_request_id")
