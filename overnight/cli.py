@@ -37,7 +37,7 @@ def main() -> None:
 @click.option("--data-dir", default="overnight-data", show_default=True, type=click.Path(path_type=Path),
               help="Directory for the SQLite database and any other state.")
 @click.option("--database", "database_url", default=None,
-              help="SQLAlchemy database URL; overrides the SQLite file in --data-dir.")
+              help="SQLite database URL (sqlite:///PATH); overrides the file in --data-dir.")
 @click.option("--backend", default="local", show_default=True,
               type=click.Choice(["local", "anthropic", "openai", "fake"]),
               help="Backend that serves every model (ignored with --config).")
@@ -101,6 +101,8 @@ def serve(
         upstream_api_key=upstream_api_key or upstream_api_key_from_environment(),
         **options,  # type: ignore[arg-type]
     )
+    if settings.database_url is not None and not settings.database_url.startswith("sqlite"):
+        raise click.BadParameter("only SQLite URLs (sqlite:///PATH) are supported for now", param_hint="--database")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_data_dir(settings) if settings.database_url is None else None
     from overnight.api.app import create_app

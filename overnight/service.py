@@ -22,7 +22,7 @@ from overnight.timestamps import MICROS, now_micros
 class WorkListener(Protocol):
     """The engine, as the service sees it: told when there is new work or a batch was canceled."""
 
-    def wake(self) -> None: ...
+    def batch_created(self, batch_seq: int, betas: Sequence[str]) -> None: ...
 
     def batch_canceled(self, batch_seq: int) -> None: ...
 
@@ -55,7 +55,7 @@ class BatchService:
             betas=betas,
         )
         if self.listener:
-            self.listener.wake()
+            self.listener.batch_created(record.seq, betas)
         return batch_object(record, public_base_url)
 
     async def retrieve(self, workspace: str, batch_id: str, public_base_url: str) -> dict[str, Any]:

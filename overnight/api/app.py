@@ -55,7 +55,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
             lease_seconds=settings.lease_seconds,
             sweep_interval_seconds=settings.sweep_interval_seconds,
             results_retention_seconds=settings.results_retention_seconds,
-            reclaim_all_leases_on_start=store.is_sqlite,
+            reclaim_all_leases_on_start=True,  # the data dir is locked to this one server
         )
         app.state.context = Context(
             settings=settings,

@@ -19,6 +19,7 @@ import secrets
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from itertools import chain, zip_longest
 
 from overnight.engine.calls import BackendCaller, RequestWithdrawn
@@ -36,7 +37,8 @@ _FLUSH_SIZE = 1000
 _FLUSH_INTERVAL_SECONDS = 0.02
 _MAX_UNWRITTEN = 20_000
 _MAX_BATCHES_PER_ROUND = 64
-_MAX_BUFFER = 4096
+_MAX_BUFFER = 8192
+_MAX_UNYIELDED = 32
 _IDLE_POLL_SECONDS = 0.5
 
 
@@ -80,6 +82,9 @@ class Scheduler:
         self._writer_stop = False
         self._stopping = False
         self._next_batch = 0
+        self._unyielded = 0  # requests the workers took one after another without yielding to the loop
+        self._refill_below = self.concurrency  # lease more once fewer than this are buffered
+        self._pending_seen = True  # the last lease round found work: workers ask for more as they go
         self._rate_per_second = 0.0
         self._last_flush_at = time.perf_counter()
         self._tasks: list[asyncio.Task[None]] = []
@@ -141,7 +146,14 @@ class Scheduler:
     # --- what the service and the sweeper tell us -----------------------------------------------
 
     def wake(self) -> None:
+        """There may be new work (new batch, recovered leases): lease again now."""
         self._wake.set()
+
+    def batch_created(self, batch_seq: int, betas: Sequence[str]) -> None:
+        self._batch_status[batch_seq] = IN_PROGRESS
+        if betas:
+            self._batch_betas[batch_seq] = list(betas)
+        self.wake()
 
     def batch_canceled(self, batch_seq: int) -> None:
         self._batch_status[batch_seq] = CANCELING
@@ -165,29 +177,36 @@ class Scheduler:
     # --- feeding ------------------------------------------------------------------------------
 
     def _buffer_target(self) -> int:
-        # Enough buffered work for ~0.25 s at the current rate, never less than two per worker.
-        return max(2 * self.concurrency, min(_MAX_BUFFER, int(self._rate_per_second / 4)))
+        # Enough buffered work for ~0.5 s at the current rate (a lease may wait behind a flush), never
+        # less than two per worker.
+        return max(2 * self.concurrency, min(_MAX_BUFFER, int(self._rate_per_second / 2)))
 
     async def _feed_loop(self) -> None:
         while True:
             self._wake.clear()
-            leased = 0
-            if self._buffer.qsize() < self._buffer_target() // 2 + 1:
+            target = self._buffer_target()
+            self._refill_below = target * 3 // 4 + 1
+            if self._buffer.qsize() < self._refill_below:
                 try:
-                    leased = await self._lease_round()
+                    leased = await self._lease_round(target)
                 except Exception:
                     logger.exception("leasing failed; trying again shortly")
                     await asyncio.sleep(1)
-            if leased:
-                continue
+                    continue
+                # Nothing to lease: until told of new work (or the poll interval passes), workers
+                # emptying the buffer do not ask again, which at a batch's tail they would per request.
+                self._pending_seen = leased > 0
+                if leased:
+                    continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_SECONDS)
+            self._pending_seen = True
 
-    async def _lease_round(self) -> int:
-        active = await self.store.active_batches()
-        self.observe_active_batches(active)
-        in_progress = [seq for seq, status in active.statuses if status == IN_PROGRESS]
-        want = self._buffer_target() - self._buffer.qsize()
+    async def _lease_round(self, target: int) -> int:
+        # From what the service and the sweeper told us, not a fresh read: a read on a reader thread can
+        # take many switch intervals to get the GIL back while the workers keep the loop busy.
+        in_progress = sorted(seq for seq, status in self._batch_status.items() if status == IN_PROGRESS)
+        want = target - self._buffer.qsize()
         if not in_progress or want <= 0:
             return 0
         # Rotate the starting batch so that, with more batches than one round asks, all get turns.
@@ -215,10 +234,16 @@ class Scheduler:
 
     async def _work_loop(self) -> None:
         while True:
+            # A backend that answers without suspending (the fake one) would let one worker run the
+            # whole buffer in one go, starving the feeder and the writer: yield now and then.
+            self._unyielded += 1
+            if self._unyielded >= _MAX_UNYIELDED:
+                self._unyielded = 0
+                await asyncio.sleep(0)
             item = await self._buffer.get()
             if item is None:
                 return
-            if self._buffer.qsize() < self._buffer_target() // 2:
+            if self._pending_seen and self._buffer.qsize() < self._refill_below:
                 self._wake.set()
             while len(self._unwritten) >= _MAX_UNWRITTEN:
                 await asyncio.sleep(_FLUSH_INTERVAL_SECONDS)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -44,10 +44,28 @@ T = TypeVar("T")
 _Blocking = Callable[Concatenate["Store", P], T]
 _Awaitable = Callable[Concatenate["Store", P], Awaitable[T]]
 
-_INSERT_CHUNK = 5000
+# Writes go as one statement per few hundred rows, never one per row: each statement releases the GIL
+# once while SQLite works, where executemany releases and retakes it for every row — and with the event
+# loop busy, retaking it can wait a whole switch interval (5 ms) each time.
+_ROWS_PER_STATEMENT = 500
 _RESULT_CHUNK_IDS = 2000
 _RESULT_CHUNK_BYTES = 1 << 20
 _READS_AHEAD = 2
+# The next n pending requests of an in-progress batch, in id order, as one value: records separated by
+# 0x1e, each `id,attempt,custom_id` 0x1f params. Neither byte can occur in them: custom_ids are
+# [A-Za-z0-9_-], and params were decoded as JSON at create, which admits no raw control characters.
+_LEASABLE = (
+    "SELECT id FROM requests WHERE batch_seq = ? AND state = 'pending'"
+    " AND EXISTS (SELECT 1 FROM batches WHERE seq = ? AND status = 'in_progress') ORDER BY id LIMIT ?"
+)
+_LEASABLE_SQL = (
+    "SELECT CAST(group_concat(id || ',' || attempt || ',' || custom_id || x'1f' || CAST(params AS TEXT), x'1e')"
+    f" AS BLOB) FROM requests WHERE id IN ({_LEASABLE})"
+)
+_LEASE_SQL = (
+    "UPDATE requests SET state = 'running', lease_owner = ?, lease_expires_at = ?, attempt = attempt + 1 "
+    f"WHERE id IN ({_LEASABLE})"
+)
 _RESULT_CHUNK_SQL = (
     "SELECT CAST(group_concat(CASE WHEN result IS NOT NULL THEN result ELSE "
     """'{"custom_id":"' || custom_id || '","result":{"type":"' || state || '"}}' || char(10) END, '') """
@@ -83,15 +101,22 @@ class ResultsChangedError(RuntimeError):
     """A batch's results went away (deleted, archived) while they were being streamed."""
 
 
+class UnsupportedDatabaseError(ValueError):
+    """The database URL names a database this version cannot store batches in."""
+
+
 class Store:
     def __init__(self, url: str) -> None:
+        if not url.startswith("sqlite"):
+            # The hot statements below are SQLite's (multi-row VALUES, group_concat); PostgreSQL needs
+            # its own versions of them (and SKIP LOCKED leasing) before it can be offered.
+            raise UnsupportedDatabaseError(f"only SQLite databases are supported for now, not {url.split(':')[0]}")
         self.engine = connect(url)
-        self.is_sqlite = self.engine.dialect.name == "sqlite"
-        self._writer = ThreadPoolExecutor(1 if self.is_sqlite else 4, thread_name_prefix="store-write")
+        # One writer thread: SQLite serialises writers anyway, and the engine's lease-then-complete
+        # order relies on it.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-write")
         self._reader = ThreadPoolExecutor(4, thread_name_prefix="store-read")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="store-checkpoint")
-        # PostgreSQL lets several workers lease at once; SQLite has a single writer anyway.
-        self._skip_locked = "" if self.is_sqlite else " FOR UPDATE SKIP LOCKED"
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent)."""
@@ -101,10 +126,6 @@ class Store:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
-    def _driver_sql(self, statement: str) -> str:
-        """A statement written with `?` placeholders, in the driver's own paramstyle."""
-        return statement if self.engine.dialect.paramstyle == "qmark" else statement.replace("?", "%s")
-
     def close(self) -> None:
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
@@ -113,9 +134,7 @@ class Store:
 
     @_on_thread("_checkpointer")
     def checkpoint(self) -> None:
-        """Copy committed WAL pages into the database file (SQLite), beside writers, never blocking them."""
-        if not self.is_sqlite:
-            return
+        """Copy committed WAL pages into the database file, beside writers, never blocking them."""
         with self.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
 
@@ -133,11 +152,6 @@ class Store:
         betas: Sequence[str] = (),
     ) -> BatchRecord:
         """Store a batch and all its requests in one transaction: all of it, or nothing."""
-        # Straight to the driver's executemany with tuples: SQLAlchemy's per-row parameter handling
-        # would cost more than SQLite's own work for 100,000 rows.
-        insert_request = self._driver_sql(
-            "INSERT INTO requests (batch_seq, custom_id, params, state, attempt) VALUES (?, ?, ?, 'pending', 0)"
-        )
         with self.engine.begin() as conn:
             seq = conn.execute(
                 insert(batches)
@@ -158,9 +172,13 @@ class Store:
             # the largest after it (on SQLite, with one writer, they are exactly that run).
             cursor.execute("SELECT max(id) FROM requests")
             first_id = (cursor.fetchone()[0] or 0) + 1
-            for start in range(0, len(items), _INSERT_CHUNK):
-                chunk = items[start : start + _INSERT_CHUNK]
-                cursor.executemany(insert_request, [(seq, cid, params) for cid, params in chunk])
+            for start in range(0, len(items), _ROWS_PER_STATEMENT):
+                rows = items[start : start + _ROWS_PER_STATEMENT]
+                cursor.execute(
+                    "INSERT INTO requests (batch_seq, custom_id, params, state, attempt) VALUES "
+                    + ",".join([f"({seq}, ?, ?, 'pending', 0)"] * len(rows)),
+                    list(chain.from_iterable(rows)),
+                )
             cursor.execute("SELECT max(id) FROM requests")
             last_id = cursor.fetchone()[0]
             conn.execute(
@@ -245,7 +263,7 @@ class Store:
         after the last chunk if the lines sent do not number the batch's requests (it was deleted or
         archived meanwhile), so a client sees a broken download, never a silently short one.
         """
-        if self.is_sqlite and batch.first_request_id is not None and batch.last_request_id is not None:
+        if batch.first_request_id is not None and batch.last_request_id is not None:
             first, last, step = batch.first_request_id, batch.last_request_id, _RESULT_CHUNK_IDS
             reads = [
                 functools.partial(self._result_chunk, batch.seq, low, min(low + step - 1, last))
@@ -267,11 +285,11 @@ class Store:
         pending: deque[asyncio.Future[bytes]] = deque()
         queued = iter(reads)
         try:
-            for read in itertools.islice(queued, _READS_AHEAD):
+            for read in islice(queued, _READS_AHEAD):
                 pending.append(loop.run_in_executor(self._reader, read))
             while pending:
                 chunk = await pending.popleft()
-                for read in itertools.islice(queued, 1):
+                for read in islice(queued, 1):
                     pending.append(loop.run_in_executor(self._reader, read))
                 if chunk:
                     yield chunk
@@ -371,39 +389,35 @@ class Store:
         Only requests of in-progress batches are leased; each lease bumps `attempt`, which is part of
         the lease token checked when the result is written.
         """
-        statement = self._driver_sql(
-            "UPDATE requests SET state = 'running', lease_owner = ?, lease_expires_at = ?, attempt = attempt + 1 "
-            "WHERE state = 'pending' AND id IN ("
-            "  SELECT id FROM requests WHERE batch_seq = ? AND state = 'pending'"
-            "  AND EXISTS (SELECT 1 FROM batches WHERE seq = ? AND status = 'in_progress')"
-            f"  ORDER BY id LIMIT ?{self._skip_locked}) "
-            "RETURNING id, custom_id, params, attempt"
-        )
         leased: list[LeasedRequest] = []
         with self.engine.begin() as conn:
             cursor = _driver_cursor(conn)
+            cursor.execute("BEGIN IMMEDIATE")  # the read below and the update after it see the same rows
             for seq, n in quotas:
-                cursor.execute(statement, (owner, lease_until, seq, seq, n))
-                leased.extend(
-                    LeasedRequest(request_id, seq, custom_id, params, attempt)
-                    for request_id, custom_id, params, attempt in cursor.fetchall()
-                )
+                cursor.execute(_LEASABLE_SQL, (seq, seq, n))
+                (packed,) = cursor.fetchone()
+                if packed is None:
+                    continue
+                for record in packed.split(b"\x1e"):
+                    head, params = record.split(b"\x1f", 1)
+                    request_id, attempt, custom_id = head.split(b",", 2)
+                    leased.append(LeasedRequest(int(request_id), seq, custom_id.decode(), params, int(attempt) + 1))
+                cursor.execute(_LEASE_SQL, (owner, lease_until, seq, seq, n))
         return leased
 
     @_writes
     def renew_leases(self, request_ids: Iterable[int], *, owner: str, lease_until: int) -> None:
         """Extend the leases this owner still holds on these requests."""
-        rows = [{"id": request_id, "owner": owner, "until": lease_until} for request_id in request_ids]
-        if not rows:
-            return
+        ids = list(request_ids)
         with self.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE requests SET lease_expires_at = :until "
-                    "WHERE id = :id AND lease_owner = :owner AND state = 'running'"
-                ),
-                rows,
-            )
+            cursor = _driver_cursor(conn)
+            for start in range(0, len(ids), _ROWS_PER_STATEMENT):
+                some = ids[start : start + _ROWS_PER_STATEMENT]
+                cursor.execute(
+                    f"UPDATE requests SET lease_expires_at = ? WHERE id IN ({','.join('?' * len(some))}) "
+                    "AND lease_owner = ? AND state = 'running'",
+                    [lease_until, *some, owner],
+                )
 
     @_writes
     def complete_requests(self, completions: Sequence[Completion], *, owner: str, now: int) -> None:
@@ -415,19 +429,27 @@ class Store:
         """
         if not completions:
             return
-        groups: dict[tuple[int, str], list[tuple[Any, ...]]] = defaultdict(list)
+        groups: dict[tuple[int, str], list[Completion]] = defaultdict(list)
         for done in completions:
-            groups[(done.batch_seq, done.state)].append((done.state, done.line, done.request_id, owner, done.attempt))
-        statement = self._driver_sql(
-            "UPDATE requests SET state = ?, result = ?, lease_owner = NULL, lease_expires_at = NULL "
-            "WHERE id = ? AND state = 'running' AND lease_owner = ? AND attempt = ?"
-        )
+            groups[(done.batch_seq, done.state)].append(done)
         counts: dict[int, dict[str, int]] = defaultdict(dict)
         with self.engine.begin() as conn:
             cursor = _driver_cursor(conn)
-            for (seq, state), rows in groups.items():
-                cursor.executemany(statement, rows)
-                counts[seq][state] = cursor.rowcount
+            for (seq, state), group in groups.items():
+                written = 0
+                for start in range(0, len(group), _ROWS_PER_STATEMENT):
+                    some = group[start : start + _ROWS_PER_STATEMENT]
+                    # Leading with UPDATE (not WITH) keeps it DML to the sqlite3 module: it opens the
+                    # transaction and counts the rows.
+                    cursor.execute(
+                        "UPDATE requests SET state = ?, result = done.column2, lease_owner = NULL, "
+                        "lease_expires_at = NULL FROM (VALUES " + ",".join(["(?, ?, ?)"] * len(some)) + ") AS done "
+                        "WHERE requests.id = done.column1 AND requests.state = 'running' "
+                        "AND requests.lease_owner = ? AND requests.attempt = done.column3",
+                        [state, *chain.from_iterable((d.request_id, d.line, d.attempt) for d in some), owner],
+                    )
+                    written += cursor.rowcount
+                counts[seq][state] = written
             for seq, by_state in counts.items():
                 _add_counts(conn, seq, by_state)
             _end_if_done(conn, list(counts), now)
