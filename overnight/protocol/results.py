@@ -76,8 +76,3 @@ def errored_line(custom_id: str, error_type: str, error_message: str) -> bytes:
     error = {"type": "error", "error": {"type": error_type, "message": error_message},
              "request_id": ids.request_id()}
     return _encode({"custom_id": custom_id, "result": {"type": "errored", "error": error}}) + b"\n"
-
-
-def bare_line(custom_id: str, result_type: str) -> bytes:
-    """The line of a `canceled` or `expired` request; custom_ids are `[A-Za-z0-9_-]`, so no escaping."""
-    return b'{"custom_id":"%s","result":{"type":"%s"}}\n' % (custom_id.encode(), result_type.encode())

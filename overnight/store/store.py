@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain, islice
 from pathlib import Path
@@ -17,9 +17,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import ColumnElement, Connection, bindparam, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Connection, bindparam, func, insert, select, update
 
-from overnight.protocol.results import bare_line
 from overnight.store.database import connect
 from overnight.store.records import (
     CANCELED,
@@ -48,8 +47,7 @@ _Awaitable = Callable[Concatenate["Store", P], Awaitable[T]]
 # once while SQLite works, where executemany releases and retakes it for every row — and with the event
 # loop busy, retaking it can wait a whole switch interval (5 ms) each time.
 _ROWS_PER_STATEMENT = 500
-_RESULT_CHUNK_IDS = 2000
-_RESULT_CHUNK_BYTES = 1 << 20
+_RESULT_CHUNK_IDS = 5000
 _READS_AHEAD = 2
 # The next n pending requests of an in-progress batch, in id order, as one value: records separated by
 # 0x1e, each `id,attempt,custom_id` 0x1f params. Neither byte can occur in them: custom_ids are
@@ -69,7 +67,7 @@ _LEASE_SQL = (
 _RESULT_CHUNK_SQL = (
     "SELECT CAST(group_concat(CASE WHEN result IS NOT NULL THEN result ELSE "
     """'{"custom_id":"' || custom_id || '","result":{"type":"' || state || '"}}' || char(10) END, '') """
-    "AS BLOB) FROM requests WHERE id BETWEEN ? AND ? AND +batch_seq = ?"  # `+`: by id, not by index
+    "AS BLOB), count(*) FROM requests WHERE id BETWEEN ? AND ? AND +batch_seq = ?"  # `+`: by id, not by index
     " AND state IN ('succeeded', 'errored', 'canceled', 'expired')"
 )
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -263,87 +261,50 @@ class Store:
         after the last chunk if the lines sent do not number the batch's requests (it was deleted or
         archived meanwhile), so a client sees a broken download, never a silently short one.
         """
-        if batch.first_request_id is not None and batch.last_request_id is not None:
-            first, last, step = batch.first_request_id, batch.last_request_id, _RESULT_CHUNK_IDS
-            reads = [
-                functools.partial(self._result_chunk, batch.seq, low, min(low + step - 1, last))
-                for low in range(first, last + 1, step)
+        first, last = batch.first_request_id, batch.last_request_id
+        reads = (
+            [
+                functools.partial(self._result_chunk, batch.seq, low, min(low + _RESULT_CHUNK_IDS - 1, last))
+                for low in range(first, last + 1, _RESULT_CHUNK_IDS)
             ]
-            chunks = self._read_ahead(reads)
-        else:
-            chunks = self._read_generator(self._result_chunks_by_state(batch.seq))
+            if first is not None and last is not None
+            else []  # archived: no requests left
+        )
         lines = 0
-        async for chunk in chunks:
-            lines += chunk.count(b"\n")
-            yield chunk
+        async for chunk, count in self._read_ahead(reads):
+            lines += count
+            if chunk:  # an empty one would end a chunked HTTP body early
+                yield chunk
         if lines != batch.total:
             raise ResultsChangedError(f"batch {batch.id}: {lines} result lines for {batch.total} requests")
 
-    async def _read_ahead(self, reads: Sequence[Callable[[], bytes]]) -> AsyncIterator[bytes]:
+    async def _read_ahead(self, reads: Sequence[Callable[[], T]]) -> AsyncIterator[T]:
         """Run independent reads on the reader pool, a few at once, yielding their results in order."""
         loop = asyncio.get_running_loop()
-        pending: deque[asyncio.Future[bytes]] = deque()
+        pending: deque[asyncio.Future[T]] = deque()
         queued = iter(reads)
         try:
             for read in islice(queued, _READS_AHEAD):
                 pending.append(loop.run_in_executor(self._reader, read))
             while pending:
-                chunk = await pending.popleft()
+                result = await pending.popleft()
                 for read in islice(queued, 1):
                     pending.append(loop.run_in_executor(self._reader, read))
-                if chunk:
-                    yield chunk
+                yield result
         finally:
             for future in pending:
                 future.cancel()
 
-    async def _read_generator(self, chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
-        """Drive a blocking generator on the reader pool, one chunk ahead of the one being sent."""
-        loop = asyncio.get_running_loop()
-        try:
-            pending = loop.run_in_executor(self._reader, next, chunks, None)
-            while (chunk := await pending) is not None:
-                pending = loop.run_in_executor(self._reader, next, chunks, None)
-                yield chunk
-        finally:
-            await loop.run_in_executor(self._reader, chunks.close)
-
-    def _result_chunk(self, seq: int, first_id: int, last_id: int) -> bytes:
+    def _result_chunk(self, seq: int, first_id: int, last_id: int) -> tuple[bytes, int]:
+        """The result lines of the batch's requests with ids in [first_id, last_id], and how many."""
         # SQLite builds the chunk itself: one range scan of the table in id order, the lines joined in
         # C (canceled/expired lines made from the custom_id, which needs no escaping) and handed over as
         # one bytes object, with the GIL released meanwhile — 2-3x a row-by-row fetch.
         with self.engine.connect() as conn:
             cursor = _driver_cursor(conn)
             cursor.execute(_RESULT_CHUNK_SQL, (first_id, last_id, seq))
-            (chunk,) = cursor.fetchone()
-            return chunk or b""
-
-    def _result_chunks_by_state(self, seq: int) -> Generator[bytes, None, None]:
-        # Portable: one cursor per state walks the (batch_seq, state, id) index. Succeeded and errored
-        # rows hold finished JSONL lines; canceled and expired ones get a line built from the custom_id.
-        finished = text("SELECT result FROM requests WHERE batch_seq = :seq AND state = :state ORDER BY id")
-        bare = text("SELECT custom_id FROM requests WHERE batch_seq = :seq AND state = :state ORDER BY id")
-        with self.engine.connect() as conn:
-            for state in (SUCCEEDED, ERRORED, CANCELED, EXPIRED):
-                stored = state in (SUCCEEDED, ERRORED)
-                # The DBAPI cursor directly: row objects would cost more than the rows themselves.
-                cursor = conn.execution_options(stream_results=True).execute(
-                    finished if stored else bare, {"seq": seq, "state": state}
-                ).cursor
-                parts: list[bytes] = []
-                size = 0
-                while rows := cursor.fetchmany(2000):
-                    if stored:
-                        page = b"".join([line for (line,) in rows])
-                    else:
-                        page = b"".join([bare_line(custom_id, state) for (custom_id,) in rows])
-                    parts.append(page)
-                    size += len(page)
-                    if size >= _RESULT_CHUNK_BYTES:
-                        yield b"".join(parts)
-                        parts, size = [], 0
-                if parts:
-                    yield b"".join(parts)
+            chunk, count = cursor.fetchone()
+            return chunk or b"", count
 
     @_reads
     def queued_requests(self, workspace: str) -> int:

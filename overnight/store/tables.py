@@ -44,8 +44,8 @@ batches = Table(
     Column("ended_at", BigInteger, nullable=True),
     Column("cancel_initiated_at", BigInteger, nullable=True),
     Column("archived_at", BigInteger, nullable=True),
-    # Every request of the batch has an id in this range (set at insert; NULL for batches stored
-    # before migration 0003), so reading its results is a scan of the table in id order.
+    # Every request of the batch has an id in this range (set at insert; NULL once archived), so
+    # reading its results is a scan of the table in id order.
     Column("first_request_id", BigInteger, nullable=True),
     Column("last_request_id", BigInteger, nullable=True),
     # The `anthropic-beta` features the batch was created with (comma-separated), for its requests.

@@ -2,10 +2,13 @@
 
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 
 from overnight.store import Store
+from overnight.store.store import _MIGRATIONS as MIGRATIONS
 from overnight.store.tables import metadata
 
 
@@ -26,3 +29,29 @@ def test_migrate_is_idempotent(tmp_path: Path) -> None:
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
     store.close()
     assert version == "0003"
+
+
+def test_0003_gives_stored_batches_their_request_id_range(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    store = Store(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0002")
+        conn.exec_driver_sql(
+            "INSERT INTO batches (seq, id, workspace, status, total, processing, created_at, expires_at) "
+            "VALUES (1, 'msgbatch_a', 'w', 'ended', 2, 0, 1, 2), (2, 'msgbatch_b', 'w', 'ended', 1, 0, 1, 2), "
+            "(3, 'msgbatch_archived', 'w', 'ended', 1, 0, 1, 2)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO requests (id, batch_seq, custom_id, params, state, attempt) VALUES "
+            "(7, 1, 'x', x'7b7d', 'canceled', 0), (8, 2, 'y', x'7b7d', 'canceled', 0), "
+            "(9, 1, 'z', x'7b7d', 'canceled', 0)"
+        )
+    store.migrate()
+    with store.engine.connect() as conn:
+        ranges = conn.exec_driver_sql("SELECT id, first_request_id, last_request_id FROM batches ORDER BY seq").all()
+    store.close()
+    expected = [("msgbatch_a", 7, 9), ("msgbatch_b", 8, 8), ("msgbatch_archived", None, None)]
+    assert [tuple(row) for row in ranges] == expected

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import msgspec
 import pytest
 from sqlalchemy import text
 
@@ -189,10 +188,7 @@ async def test_delete_only_ended_batches(store: Store) -> None:
         assert conn.execute(text("SELECT count(*) FROM requests")).scalar_one() == 0
 
 
-@pytest.mark.parametrize("read_by", ["id range", "state"])
-async def test_results_pages_cover_every_request_once(
-    store: Store, monkeypatch: pytest.MonkeyPatch, read_by: str
-) -> None:
+async def test_results_pages_cover_every_request_once(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     await make_batch(store, 4, batch_id="msgbatch_before")  # other batches' rows around this one's
     record = await make_batch(store, 25)
     await make_batch(store, 4, batch_id="msgbatch_after")
@@ -205,12 +201,8 @@ async def test_results_pages_cover_every_request_once(
     assert ended is not None and ended.status == ENDED
     assert (ended.first_request_id, ended.last_request_id) == (5, 29)
     monkeypatch.setattr(store_module, "_RESULT_CHUNK_IDS", 7)
-    monkeypatch.setattr(store_module, "_RESULT_CHUNK_BYTES", 16)
-    if read_by == "state":  # batches stored before migration 0003 have no id range
-        ended = msgspec.structs.replace(ended, first_request_id=None, last_request_id=None)
     chunks = [chunk async for chunk in store.stream_results(ended)]
-    # by id: 25 ids in runs of 7; by state: past the byte threshold, each state's fetched rows
-    assert len(chunks) == (4 if read_by == "id range" else 2)
+    assert len(chunks) == 4  # 25 ids in runs of 7
     lines = b"".join(chunks).splitlines()
     assert lines.count(b"ok") == 10
     canceled = sorted(line for line in lines if line != b"ok")

@@ -15,9 +15,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Nullable: batches stored before this migration have no range; their results are read by state.
+    # NULL only for a batch that has no requests left (archived).
     op.add_column("batches", sa.Column("first_request_id", sa.BigInteger(), nullable=True))
     op.add_column("batches", sa.Column("last_request_id", sa.BigInteger(), nullable=True))
+    op.execute(
+        "UPDATE batches SET first_request_id = (SELECT min(id) FROM requests WHERE batch_seq = batches.seq), "
+        "last_request_id = (SELECT max(id) FROM requests WHERE batch_seq = batches.seq)"
+    )
     op.add_column("batches", sa.Column("betas", sa.String(1024), nullable=True))
 
 
