@@ -34,7 +34,7 @@ from overnight.timestamps import MICROS, now_micros
 logger = logging.getLogger(__name__)
 
 _FLUSH_SIZE = 1000
-_FLUSH_INTERVAL_SECONDS = 0.02
+_FLUSH_INTERVAL_SECONDS = 0.05  # results become visible (and batches end) this soon at the latest
 _MAX_UNWRITTEN = 20_000
 _MAX_BATCHES_PER_ROUND = 64
 _MAX_BUFFER = 8192

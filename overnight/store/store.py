@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import ColumnElement, Connection, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, func, insert, select, update
 
 from overnight.store.database import connect
 from overnight.store.records import (
@@ -498,7 +498,6 @@ def _cursor_seq(conn: Connection, workspace: str, batch_id: str) -> int:
     return int(seq)
 
 
-_COUNTER_OF_STATE = {SUCCEEDED: "succeeded", ERRORED: "errored", CANCELED: "canceled", EXPIRED: "expired"}
 
 
 def _add_counts(conn: Connection, seq: int, by_state: dict[str, int]) -> None:
@@ -506,11 +505,12 @@ def _add_counts(conn: Connection, seq: int, by_state: dict[str, int]) -> None:
     moved = sum(by_state.values())
     if not moved:
         return
-    values: dict[str, Any] = {"processing": batches.c.processing - moved}
-    for state, n in by_state.items():
-        column = _COUNTER_OF_STATE[state]
-        values[column] = batches.c[column] + n
-    conn.execute(update(batches).where(batches.c.seq == seq).values(**values))
+    # One fixed statement (SQLite caches it prepared): this runs with every group of results written.
+    _driver_cursor(conn).execute(
+        "UPDATE batches SET processing = processing - ?, succeeded = succeeded + ?, errored = errored + ?, "
+        "canceled = canceled + ?, expired = expired + ? WHERE seq = ?",
+        (moved, *(by_state.get(state, 0) for state in (SUCCEEDED, ERRORED, CANCELED, EXPIRED)), seq),
+    )
 
 
 def _hand_back(conn: Connection, which: ColumnElement[bool], *, attempt_delta: int, now: int) -> int:
@@ -539,13 +539,8 @@ def _end_if_done(conn: Connection, seqs: list[int], now: int) -> None:
     """End, exactly once, each of these batches that has nothing left to process."""
     if not seqs:
         return
-    conn.execute(
-        update(batches)
-        .where(
-            batches.c.seq.in_(bindparam("seqs", expanding=True)),
-            batches.c.processing == 0,
-            batches.c.status != ENDED,
-        )
-        .values(status=ENDED, ended_at=now),
-        {"seqs": seqs},
+    _driver_cursor(conn).execute(
+        f"UPDATE batches SET status = 'ended', ended_at = ? WHERE seq IN ({','.join('?' * len(seqs))}) "
+        "AND processing = 0 AND status != 'ended'",
+        (now, *seqs),
     )
