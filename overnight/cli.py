@@ -21,6 +21,7 @@ from overnight.config import (
     upstream_api_key_from_environment,
 )
 from overnight.exceptions import OvernightError
+from overnight.store.database import is_supported
 
 logger = logging.getLogger("overnight")
 
@@ -101,7 +102,7 @@ def serve(
         upstream_api_key=upstream_api_key or upstream_api_key_from_environment(),
         **options,  # type: ignore[arg-type]
     )
-    if settings.database_url is not None and not settings.database_url.startswith("sqlite"):
+    if settings.database_url is not None and not is_supported(settings.database_url):
         raise click.BadParameter("only SQLite URLs (sqlite:///PATH) are supported for now", param_hint="--database")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_data_dir(settings) if settings.database_url is None else None

@@ -32,7 +32,6 @@ class _RandomPool:
             start, self._offset = self._offset, self._offset + size
             return self._pool[start : self._offset]
 
-
     def forget(self) -> None:
         self._pool, self._offset = b"", 0
 

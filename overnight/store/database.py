@@ -10,12 +10,16 @@ from sqlalchemy import Engine, create_engine, event
 _POOL_SIZE = 8
 
 
+def is_supported(url: str) -> bool:
+    """Whether the store can keep batches at this database URL (SQLite only, for now: the hot
+    statements are SQLite's; PostgreSQL needs its own versions of them and SKIP LOCKED leasing)."""
+    return url.startswith("sqlite")
+
+
 def connect(url: str) -> Engine:
-    is_sqlite = url.startswith("sqlite")
     # LIFO: the most recently used connection (and its warm page cache) serves the next call.
-    engine = create_engine(url, pool_pre_ping=not is_sqlite, pool_size=_POOL_SIZE, max_overflow=4, pool_use_lifo=True)
-    if is_sqlite:
-        event.listen(engine, "connect", _tune_sqlite)
+    engine = create_engine(url, pool_size=_POOL_SIZE, max_overflow=4, pool_use_lifo=True)
+    event.listen(engine, "connect", _tune_sqlite)
     return engine
 
 

@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import ColumnElement, Connection, func, insert, select, update
 
-from overnight.store.database import connect
+from overnight.store.database import connect, is_supported
 from overnight.store.records import (
     CANCELED,
     CANCELING,
@@ -105,9 +105,7 @@ class UnsupportedDatabaseError(ValueError):
 
 class Store:
     def __init__(self, url: str) -> None:
-        if not url.startswith("sqlite"):
-            # The hot statements below are SQLite's (multi-row VALUES, group_concat); PostgreSQL needs
-            # its own versions of them (and SKIP LOCKED leasing) before it can be offered.
+        if not is_supported(url):
             raise UnsupportedDatabaseError(f"only SQLite databases are supported for now, not {url.split(':')[0]}")
         self.engine = connect(url)
         # One writer thread: SQLite serialises writers anyway, and the engine's lease-then-complete
