@@ -5,7 +5,7 @@ Baseline, measured in the same run: the store's floor as the issue defines it â€
 (custom_id, params) pairs bulk-inserted into a fresh, bare SQLite file (default settings, WAL) with
 overnight's schema (tables and indexes from `overnight/store/tables.py`), by plain `sqlite3`
 `executemany` on the raw DBAPI connection in one transaction. A second, stricter floor uses
-overnight's own tuned connection settings (`overnight/store/database.py:connect`: page size,
+overnight's own tuned connection settings (`overnight/store/sqlite.py:connect`: page size,
 checkpoint policy, cache) and is reported beside it. Floor and
 create alternate (floor, create, floor, create, floor; each create on a fresh server): the best
 create is the figure, the best floor the baseline.
@@ -37,8 +37,8 @@ from bench import _workload as work
 from bench._cli import Run, add_repeats_argument, main, profile_summary
 from bench._process import overnight_server, reset_peak
 from bench._report import Report, Row, mib, seconds, verdict
-from overnight.store import Store
-from overnight.store.database import connect
+from overnight.store import open_store
+from overnight.store.sqlite import connect
 from overnight.store.tables import metadata
 from overnight.timestamps import now_micros
 
@@ -104,7 +104,7 @@ def bare_insert(path: Path, ids: Sequence[str], params: Sequence[bytes], *, tune
 
 def store_insert(path: Path, ids: Sequence[str], params: Sequence[bytes]) -> float:
     """Seconds for overnight's `Store.insert_batch` (in this process) to store the batch."""
-    store = Store(f"sqlite:///{path}")
+    store = open_store(f"sqlite:///{path}")
     try:
         store.migrate()
         items = list(zip(ids, params, strict=True))

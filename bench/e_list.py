@@ -27,7 +27,7 @@ from bench import _workload as work
 from bench._cli import Run, main
 from bench._process import overnight_server
 from bench._report import Report, Row, verdict
-from overnight.store import Store
+from overnight.store import open_store
 from overnight.timestamps import now_micros
 
 KEY = "e"
@@ -48,7 +48,7 @@ def fill_store(data_dir: Path, count: int) -> list[str]:
     """`count` ended one-request batches, oldest first; their ids in that order."""
     data_dir.mkdir(parents=True, exist_ok=True)
     database = data_dir / "overnight.sqlite3"
-    store = Store(f"sqlite:///{database}")
+    store = open_store(f"sqlite:///{database}")
     store.migrate()
     store.close()
     rng = random.Random(5)

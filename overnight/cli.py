@@ -15,13 +15,15 @@ import uvicorn
 import uvloop
 
 from overnight.config import (
+    ROLES,
     Settings,
     api_keys_from_environment,
+    database_url_from_environment,
     parse_api_keys,
     upstream_api_key_from_environment,
 )
 from overnight.exceptions import OvernightError
-from overnight.store.database import is_supported
+from overnight.store import is_postgres, is_supported
 
 logger = logging.getLogger("overnight")
 
@@ -38,7 +40,12 @@ def main() -> None:
 @click.option("--data-dir", default="overnight-data", show_default=True, type=click.Path(path_type=Path),
               help="Directory for the SQLite database and any other state.")
 @click.option("--database", "database_url", default=None,
-              help="SQLite database URL (sqlite:///PATH); overrides the file in --data-dir.")
+              help="Database URL: sqlite:///PATH (overrides the file in --data-dir) or "
+                   "postgresql://USER[:PASSWORD]@HOST:PORT/DB, shared by any number of nodes "
+                   "(also OVERNIGHT_DATABASE_URL).")
+@click.option("--role", default="all", show_default=True, type=click.Choice(ROLES),
+              help="all: API and worker; api: serve the API, run no requests; worker: run requests, "
+                   "serve only /healthz. api and worker need a PostgreSQL --database.")
 @click.option("--backend", default="local", show_default=True,
               type=click.Choice(["local", "anthropic", "openai", "fake"]),
               help="Backend that serves every model (ignored with --config).")
@@ -91,6 +98,7 @@ def serve(
     api_keys: tuple[str, ...],
     public_url: str | None,
     upstream_api_key: str | None,
+    database_url: str | None,
     **options: object,
 ) -> None:
     """Start the server on its embedded defaults (SQLite in --data-dir)."""
@@ -100,12 +108,22 @@ def serve(
         api_keys=parse_api_keys([*api_keys_from_environment(), *api_keys]),
         public_url=public_url.rstrip("/") if public_url else None,
         upstream_api_key=upstream_api_key or upstream_api_key_from_environment(),
+        database_url=database_url or database_url_from_environment(),
         **options,  # type: ignore[arg-type]
     )
     if settings.database_url is not None and not is_supported(settings.database_url):
-        raise click.BadParameter("only SQLite URLs (sqlite:///PATH) are supported for now", param_hint="--database")
+        raise click.BadParameter(
+            "use sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST:PORT/DB", param_hint="--database"
+        )
+    shared = settings.database_url is not None and is_postgres(settings.database_url)
+    if settings.role != "all" and not shared:
+        raise click.BadParameter(
+            f"--role {settings.role} needs a database that several nodes share: --database postgresql://...",
+            param_hint="--role",
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock_data_dir(settings) if settings.database_url is None else None
+    # SQLite: one server per data dir, since the store hands back every lease left at start-up.
+    lock = None if shared else _lock_data_dir(settings)
     from overnight.api.app import create_app
     from overnight.backends.factory import router_from_settings
 
@@ -133,8 +151,9 @@ def serve(
         except OvernightError as exc:
             await router.aclose()
             raise click.ClickException(f"cannot start the backends: {exc.message}") from None
-        logger.info("overnight serving on http://%s:%d (data in %s)", settings.host, settings.port,
-                    settings.data_dir.resolve())
+        where = "PostgreSQL" if shared else settings.data_dir.resolve()
+        logger.info("overnight %s node serving on http://%s:%d (data in %s)", settings.role, settings.host,
+                    settings.port, where)
         await server.serve()
 
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the handler that

@@ -10,6 +10,8 @@ from pathlib import Path
 DEFAULT_WORKSPACE = "default"
 API_KEYS_ENV = "OVERNIGHT_API_KEYS"
 UPSTREAM_API_KEY_ENV = "OVERNIGHT_UPSTREAM_API_KEY"
+DATABASE_URL_ENV = "OVERNIGHT_DATABASE_URL"
+ROLES = ("all", "api", "worker")
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,8 @@ class Settings:
     port: int = 8000
     data_dir: Path = Path("overnight-data")
     database_url: str | None = None
+    role: str = "all"
+    """`all`: API and worker; `api`: the HTTP API only; `worker`: runs requests, serves only /healthz."""
     backend: str = "local"
     config_file: Path | None = None
     fake_latency_ms: float = 0.0
@@ -66,6 +70,10 @@ def parse_api_keys(values: Iterable[str]) -> dict[str, str]:
             key, _, workspace = item.partition(":")
             keys[key] = workspace or DEFAULT_WORKSPACE
     return keys
+
+
+def database_url_from_environment() -> str | None:
+    return os.environ.get(DATABASE_URL_ENV) or None
 
 
 def upstream_api_key_from_environment() -> str | None:

@@ -57,6 +57,7 @@ class _HttpSpec(_Spec):
     api_key_env: str | None = None
     model: str | None = Field(default=None, min_length=1, description="model name sent upstream")
     max_concurrency: int | None = Field(default=None, ge=1)
+    max_concurrency_scope: Literal["node", "cluster"] = "node"
     timeout_seconds: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
@@ -100,6 +101,7 @@ class FakeSpec(_Spec):
     type: Literal["fake"]
     latency_seconds: float = Field(default=0.0, ge=0)
     max_concurrency: int | None = Field(default=None, ge=1)
+    max_concurrency_scope: Literal["node", "cluster"] = "node"
 
 
 BackendSpec = Annotated[AnthropicSpec | OpenAISpec | LocalSpec | FakeSpec, Field(discriminator="type")]
@@ -182,6 +184,7 @@ def build_backend(name: str, spec: AnthropicSpec | OpenAISpec | LocalSpec | Fake
             upstream_model=spec.model,
             timeout_seconds=spec.timeout_seconds,
             max_concurrency=spec.max_concurrency,
+            max_concurrency_scope=spec.max_concurrency_scope,
             name=label,
         )
     from overnight.backends.fake import FakeBackend
@@ -189,6 +192,7 @@ def build_backend(name: str, spec: AnthropicSpec | OpenAISpec | LocalSpec | Fake
     fake = FakeBackend(latency_seconds=spec.latency_seconds)
     fake.name = label
     fake.max_concurrency = spec.max_concurrency
+    fake.max_concurrency_scope = spec.max_concurrency_scope
     return fake
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
+import msgspec
+
 from overnight import ids
 from overnight.config import Settings
 from overnight.exceptions import InvalidRequestError, NotFoundError, RateLimitError
 from overnight.protocol.batches import batch_object, decode_create_body, deleted_object, page_object
-from overnight.store import BatchRecord, Store
+from overnight.store import BatchRecord, QueueFullError, Store, UnknownCursorError
 from overnight.store.records import CANCELING, ENDED
-from overnight.store.store import UnknownCursorError
 from overnight.timestamps import MICROS, now_micros
 
 
@@ -38,22 +39,23 @@ class BatchService:
     ) -> dict[str, Any]:
         """Store a new batch; `betas` are the `anthropic-beta` features its requests are sent with."""
         items = decode_create_body(body, max_requests=self.settings.max_requests)
-        limit = self.settings.max_queued_requests
-        if limit and await self.store.queued_requests(workspace) + len(items) > limit:
+        created_at = now_micros()
+        try:
+            record = await self.store.insert_batch(
+                batch_id=ids.batch_id(),
+                workspace=workspace,
+                created_at=created_at,
+                expires_at=created_at + int(self.settings.batch_ttl_seconds * MICROS),
+                items=items,
+                betas=betas,
+                max_queued_requests=self.settings.max_queued_requests,
+            )
+        except QueueFullError as exc:
             raise RateLimitError(
-                f"Too many requests waiting in this workspace's queue (limit {limit}); "
+                f"Too many requests waiting in this workspace's queue (limit {exc.limit}); "
                 "retry when some batches have ended",
                 retry_after_seconds=30,
-            )
-        created_at = now_micros()
-        record = await self.store.insert_batch(
-            batch_id=ids.batch_id(),
-            workspace=workspace,
-            created_at=created_at,
-            expires_at=created_at + int(self.settings.batch_ttl_seconds * MICROS),
-            items=items,
-            betas=betas,
-        )
+            ) from None
         if self.listener:
             self.listener.batch_created(record.seq, betas)
         return batch_object(record, public_base_url)
@@ -109,6 +111,17 @@ class BatchService:
         if record.status != ENDED:
             raise InvalidRequestError(f"Batch {batch_id} has not ended yet; results are available once it has")
         return self.store.stream_results(record)
+
+    async def usage(self, workspace: str, batch_id: str) -> dict[str, Any]:
+        """The tokens a batch's results used so far (not part of the Message Batches API)."""
+        record = await self._get(workspace, batch_id)
+        return {"type": "batch_usage", "batch_id": batch_id, **msgspec.structs.asdict(record.usage)}
+
+    async def workspace_usage(self, workspace: str) -> dict[str, Any]:
+        """The tokens used by every batch the workspace has stored."""
+        batch_count, usage = await self.store.workspace_usage(workspace)
+        return {"type": "workspace_usage", "workspace": workspace, "batches": batch_count,
+                **msgspec.structs.asdict(usage)}
 
     async def _get(self, workspace: str, batch_id: str) -> BatchRecord:
         record = await self.store.get_batch(workspace, batch_id)

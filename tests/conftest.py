@@ -22,6 +22,7 @@ import anthropic
 import httpx
 import pytest
 
+from tests.postgres import cluster, create_database, drop_database
 from tests.server import ServerProcess
 
 TEST_API_KEY = "test-key"
@@ -30,6 +31,26 @@ _REQUEST_ID = re.compile(r"^req_[0-9A-Za-z]+$")
 
 def start_server(data_dir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None) -> ServerProcess:
     return ServerProcess(data_dir, args, env=env).start()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_cluster() -> Iterator[None]:
+    """Stops the PostgreSQL cluster the session started, if it started one."""
+    yield
+    cluster.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if cluster.problem:
+        terminalreporter.write_line(f"WARNING: PostgreSQL tests were skipped: {cluster.problem}", red=True, bold=True)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (skips, loudly, where PostgreSQL cannot run; fails in CI)."""
+    url = create_database()
+    yield url
+    drop_database(url)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.postgres import create_database, servers_use_postgres
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 20.0
 SHUTDOWN_TIMEOUT_S = 15.0
@@ -56,6 +58,7 @@ class ServerProcess:
         self.port: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.database_args: list[str] = []
         self.stdout_path = self.data_dir / "server.stdout.log"
         self.stderr_path = self.data_dir / "server.stderr.log"
 
@@ -78,6 +81,7 @@ class ServerProcess:
             "--port", str(self.port),
             "--data-dir", str(self.data_dir),
             *(["--backend", self.backend] if self.backend is not None else []),  # None: the server's default
+            *self.database_args,
             *self.args,
         ]
 
@@ -91,6 +95,9 @@ class ServerProcess:
     def start(self, *, port: int | None = None, startup_timeout: float | None = None) -> ServerProcess:
         """Start and wait until healthy, for `startup_timeout` seconds (default `STARTUP_TIMEOUT_S`)."""
         assert not self.running, "server already running"
+        if servers_use_postgres() and not self.database_args and "--database" not in self.args:
+            # One database per server, kept across its restarts, as its data dir is.
+            self.database_args = ["--database", create_database()]
         self.port = port or free_port()
         self.starts += 1
         with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:

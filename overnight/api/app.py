@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,17 +18,19 @@ from overnight.api.errors import (
     handle_client_disconnect,
     handle_http_exception,
     handle_overnight_error,
+    handle_store_unavailable,
     handle_unexpected,
 )
 from overnight.api.middleware import RequestIdMiddleware
-from overnight.api.routes import routes
+from overnight.api.routes import routes, worker_routes
 from overnight.config import Settings
 from overnight.engine import Scheduler
 from overnight.engine.calls import BackendCaller, BackendRouter, RetryPolicy
+from overnight.engine.sweeper import Sweeper
 from overnight.exceptions import OvernightError
 from overnight.service import BatchService
-from overnight.store import Store
-from overnight.timestamps import now_micros
+from overnight.store import StoreUnavailableError, open_store
+from overnight.timestamps import MICROS, now_micros
 
 logger = logging.getLogger(__name__)
 
@@ -41,21 +44,40 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = Store(settings.resolved_database_url())
-        store.migrate()
+        store = open_store(settings.resolved_database_url())
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, store.migrate)
+        except Exception:
+            store.close()
+            raise
         caller = BackendCaller(
             router,
             RetryPolicy(max_attempts=settings.max_attempts, base_delay_seconds=settings.retry_base_delay_seconds),
             default_limit=settings.concurrency,
         )
-        scheduler = Scheduler(
-            store,
-            caller,
-            concurrency=settings.concurrency,
-            lease_seconds=settings.lease_seconds,
-            sweep_interval_seconds=settings.sweep_interval_seconds,
-            results_retention_seconds=settings.results_retention_seconds,
-            reclaim_all_leases_on_start=True,  # the data dir is locked to this one server
+        scheduler = (
+            Scheduler(
+                store,
+                caller,
+                concurrency=settings.concurrency,
+                lease_seconds=settings.lease_seconds,
+                sweep_interval_seconds=settings.sweep_interval_seconds,
+                results_retention_seconds=settings.results_retention_seconds,
+            )
+            if settings.role in ("all", "worker")
+            else None
+        )
+        # An api node runs no requests, but it sweeps too (expiry, archival, lapsed leases): every
+        # sweep statement is guarded, so any number of nodes may run them at once.
+        sweeper = (
+            Sweeper(
+                store,
+                None,
+                interval_seconds=settings.sweep_interval_seconds,
+                retention_micros=int(settings.results_retention_seconds * MICROS),
+            )
+            if scheduler is None
+            else None
         )
         app.state.context = Context(
             settings=settings,
@@ -65,19 +87,26 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
             router=router,
             started_at=now_micros(),
         )
-        await scheduler.start()
+        sweeping = asyncio.create_task(sweeper.run(), name="overnight-sweeper") if sweeper else None
+        if scheduler is not None:
+            await scheduler.start()
         try:
             yield
         finally:
-            await scheduler.stop()
+            if sweeping is not None:
+                sweeping.cancel()
+                await asyncio.gather(sweeping, return_exceptions=True)
+            if scheduler is not None:
+                await scheduler.stop()
             await router.aclose()
             store.close()
 
     app = Starlette(
-        routes=routes,
+        routes=routes if settings.role != "worker" else worker_routes,
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers={
             OvernightError: handle_overnight_error,
+            StoreUnavailableError: handle_store_unavailable,
             HTTPException: handle_http_exception,
             ClientDisconnect: handle_client_disconnect,
             Exception: handle_unexpected,

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from overnight.api.responses import json_response
-from overnight.exceptions import InvalidRequestError, NotFoundError, OvernightError
+from overnight.exceptions import InvalidRequestError, NotFoundError, OverloadedError, OvernightError
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,16 @@ async def handle_client_disconnect(request: Request, exc: Exception) -> Response
     # The client went away mid-body: nothing was stored and nobody is left to answer.
     logger.info("client disconnected during %s %s", request.method, request.url.path)
     return Response(status_code=400)
+
+
+async def handle_store_unavailable(request: Request, exc: Exception) -> Response:
+    # The database is restarting, unreachable or locked: nothing was changed, and the same call will
+    # work in a moment, so the client gets a retryable 529 rather than a 500.
+    logger.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        request,
+        OverloadedError("The server's database is briefly unavailable; retry shortly", retry_after_seconds=1),
+    )
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

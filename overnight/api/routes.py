@@ -75,6 +75,18 @@ async def health(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+async def batch_usage(request: Request) -> Response:
+    context = context_of(request)
+    workspace = _workspace(request, context)
+    return json_response(await context.batches.usage(workspace, request.path_params["batch_id"]))
+
+
+async def workspace_usage(request: Request) -> Response:
+    context = context_of(request)
+    workspace = _workspace(request, context)
+    return json_response(await context.batches.workspace_usage(workspace))
+
+
 routes = [
     Route("/healthz", health, methods=["GET"]),
     Route("/v1/messages/batches", create_batch, methods=["POST"]),
@@ -87,4 +99,10 @@ routes = [
     Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
     Route("/v1/models", messages.list_models, methods=["GET"]),
     Route("/v1/models/{model_id}", messages.retrieve_model, methods=["GET"]),
+    # overnight's own, outside the Anthropic paths: token usage summed per batch and per workspace.
+    Route("/v1/overnight/batches/{batch_id}/usage", batch_usage, methods=["GET"]),
+    Route("/v1/overnight/usage", workspace_usage, methods=["GET"]),
 ]
+
+# A worker node serves no API: only its health (for a load balancer or an orchestrator's probe).
+worker_routes = [Route("/healthz", health, methods=["GET"])]

@@ -34,10 +34,12 @@ class AnthropicBackend:
         upstream_model: str | None = None,
         timeout_seconds: float = 600.0,
         max_concurrency: int | None = None,
+        max_concurrency_scope: str = "node",
         name: str = "anthropic",
     ) -> None:
         self.name = name
         self.max_concurrency = max_concurrency
+        self.max_concurrency_scope = max_concurrency_scope
         self.upstream_model = upstream_model
         self._url = endpoint(base_url, "messages")
         self._count_url = endpoint(base_url, "messages/count_tokens")

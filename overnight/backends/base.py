@@ -26,6 +26,10 @@ class Backend(Protocol):
     max_concurrency: int | None
     """How many calls this backend takes at once (None: only the engine's own limit applies)."""
 
+    max_concurrency_scope: str
+    """`node`: `max_concurrency` is each node's own cap; `cluster`: the live workers split it between
+    them (an upstream's rate limit belongs to one API key, however many nodes call it)."""
+
     async def start(self) -> None:
         """Load models or check connections before the first request (may do nothing)."""
         ...

@@ -17,6 +17,7 @@ from overnight.protocol.results import Message, message, text_block
 class FakeBackend:
     name = "fake"
     max_concurrency: int | None = None
+    max_concurrency_scope: str = "node"
 
     def __init__(self, *, latency_seconds: float = 0.0) -> None:
         self.latency_seconds = latency_seconds

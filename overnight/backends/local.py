@@ -97,6 +97,7 @@ class LocalBackend:
             raise ValueError("instances must be at least 1")
         self.name = name
         self.max_concurrency: int | None = instances
+        self.max_concurrency_scope = "node"  # in-process: its instances are this node's own
         self.data_dir = data_dir
         self.model_path = model_path
         self.instances = instances

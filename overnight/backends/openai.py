@@ -23,10 +23,12 @@ class OpenAIBackend:
         upstream_model: str | None = None,
         timeout_seconds: float = 600.0,
         max_concurrency: int | None = None,
+        max_concurrency_scope: str = "node",
         name: str = "openai",
     ) -> None:
         self.name = name
         self.max_concurrency = max_concurrency
+        self.max_concurrency_scope = max_concurrency_scope
         self.upstream_model = upstream_model
         self._url = endpoint(base_url, "chat/completions")
         self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}

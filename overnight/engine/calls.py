@@ -19,6 +19,7 @@ from overnight.engine.limits import AdaptiveLimit
 from overnight.exceptions import OvernightError, RateLimitError
 from overnight.protocol.messages import MessageCreateParams
 from overnight.protocol.results import Message
+from overnight.store.records import NodeShare
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class BackendCaller:
         self.policy = policy
         self.default_limit = default_limit
         self._limits: dict[int, AdaptiveLimit] = {}
+        self._share = NodeShare(rank=0, nodes=1)
 
     async def call(self, params: MessageCreateParams, *, still_wanted: Callable[[], bool] | None = None) -> Message:
         """Call the routed backend, retrying what may succeed later.
@@ -107,13 +109,16 @@ class BackendCaller:
         # Every backend gets one, so 429s lower its concurrency even when no cap was configured.
         key = id(backend)
         if key not in self._limits:
-            self._limits[key] = AdaptiveLimit(backend.max_concurrency or self.default_limit)
+            cap = backend.max_concurrency or self.default_limit
+            if backend.max_concurrency and backend.max_concurrency_scope == "cluster":
+                cap = self._share.share_of(backend.max_concurrency)
+            self._limits[key] = AdaptiveLimit(cap)
         return self._limits[key]
 
-    def current_limits(self) -> dict[str, tuple[int, int]]:
-        """Backend name → (calls allowed at once now, configured cap), for metrics and tests."""
-        return {
-            backend.name: (self._limits[id(backend)].limit, self._limits[id(backend)].maximum)
-            for backend in self.router.backends()
-            if id(backend) in self._limits
-        }
+    def apply_node_share(self, share: NodeShare) -> None:
+        """This node's place among the live workers changed: re-split the caps shared by the cluster,
+        so that the parts the workers take add up to each configured cap."""
+        self._share = share
+        for backend in self.router.backends():
+            if backend.max_concurrency and backend.max_concurrency_scope == "cluster":
+                self._limit_for(backend).set_maximum(share.share_of(backend.max_concurrency))

@@ -56,10 +56,19 @@ class AdaptiveLimit:
                 waiter.set_result(None)
                 self.active += 1
 
+    def set_maximum(self, maximum: int) -> None:
+        """Change the cap (a share of a cluster-wide one; 0 stops new calls until it grows again).
+        Calls already admitted finish; fewer are admitted until `active` is under the new cap."""
+        backed_off = self.limit < self.maximum
+        self.maximum = maximum
+        # Not backed off by 429s: follow the cap. Backed off: keep regrowing towards it, never above it.
+        self.limit = min(self.limit, maximum) if backed_off else maximum
+        self._admit()
+
     def rate_limited(self) -> None:
         now = time.monotonic()
         if now - self._last_decrease >= _COOL_DOWN_SECONDS:
-            self.limit = max(1, self.limit // 2)
+            self.limit = min(self.maximum, max(1, self.limit // 2))
             self._last_decrease = now
         self._successes = 0
 

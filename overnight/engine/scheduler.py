@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from itertools import chain, zip_longest
+from typing import Any
 
 from overnight.engine.calls import BackendCaller, RequestWithdrawn
 from overnight.engine.sweeper import Sweeper
@@ -53,7 +54,6 @@ class Scheduler:
         sweep_interval_seconds: float,
         results_retention_seconds: float,
         max_lease_attempts: int = 5,
-        reclaim_all_leases_on_start: bool,
         shutdown_grace_seconds: float = 5.0,
     ) -> None:
         self.store = store
@@ -61,7 +61,6 @@ class Scheduler:
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.max_lease_attempts = max_lease_attempts
-        self.reclaim_all_leases_on_start = reclaim_all_leases_on_start
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.sweeper = Sweeper(
@@ -76,11 +75,14 @@ class Scheduler:
         self._unwritten: list[Completion] = []
         self._batch_status: dict[int, str] = {}  # status of every batch that has not ended
         self._batch_betas: dict[int, list[str]] = {}  # `anthropic-beta` features of those that have some
+        # Which batches the service told us of, and when (a count of such events), so that a store read
+        # that began before we were told cannot drop them.
+        self.generation = 0
+        self._told_at: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._has_unwritten = asyncio.Event()
         self._writer_stop = False
-        self._stopping = False
         self._next_batch = 0
         self._unyielded = 0  # requests the workers took one after another without yielding to the loop
         self._refill_below = self.concurrency  # lease more once fewer than this are buffered
@@ -90,19 +92,26 @@ class Scheduler:
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._writer: asyncio.Task[None] | None = None
-        self.completed = 0
 
     # --- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         active = await self.store.active_batches()
-        if self.reclaim_all_leases_on_start:
+        if self.store.single_process:
             # Only this process uses this database, so every running request was orphaned by a crash.
+            # (With other nodes about, only lapsed leases are anyone's: the sweeper hands those back.)
             recovered = await self.store.recover_expired_leases(active.seqs, now_micros(), every_lease=True)
             if recovered:
                 logger.info("recovered %d requests left running by a previous process", recovered)
             active = await self.store.active_batches()  # recovery may have ended canceling batches
-        self.observe_active_batches(active)
+        self.observe_active_batches(active, read_since=self.generation)
+        await self._heartbeat()
+        loop = asyncio.get_running_loop()
+
+        def changed_elsewhere() -> None:  # called on the store's listening thread
+            loop.call_soon_threadsafe(self.sweeper.poke)
+
+        self.store.subscribe(changed_elsewhere)
         self._writer = asyncio.create_task(self._write_loop(), name="overnight-writer")
         self._tasks = [
             asyncio.create_task(self._feed_loop(), name="overnight-feeder"),
@@ -116,7 +125,6 @@ class Scheduler:
 
     async def stop(self) -> None:
         """Stop leasing, let running calls finish for a bounded time, hand everything else back."""
-        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -142,6 +150,7 @@ class Scheduler:
         await self.store.release_requests(interrupted, owner=self.owner, started=True, now=now_micros())
         if interrupted:
             logger.info("handed back %d interrupted requests; they will run again", len(interrupted))
+        await self.store.leave(self.owner)
 
     # --- what the service and the sweeper tell us -----------------------------------------------
 
@@ -150,6 +159,8 @@ class Scheduler:
         self._wake.set()
 
     def batch_created(self, batch_seq: int, betas: Sequence[str]) -> None:
+        self.generation += 1
+        self._told_at[batch_seq] = self.generation
         self._batch_status[batch_seq] = IN_PROGRESS
         if betas:
             self._batch_betas[batch_seq] = list(betas)
@@ -158,17 +169,19 @@ class Scheduler:
     def batch_canceled(self, batch_seq: int) -> None:
         self._batch_status[batch_seq] = CANCELING
 
-    def observe_active_batches(self, active: ActiveBatches) -> None:
+    def observe_active_batches(self, active: ActiveBatches, *, read_since: int) -> None:
         """Take the store's view of unfinished batches; one missing from it has ended (e.g. expired).
 
-        The view may be older than what we know: a batch newer than it (leased since, by a later
-        read) is kept, and so is a cancel we heard of after it, since a batch never leaves canceling.
+        `read_since` is `generation` just before the read began. The view may be older than what we
+        know: a batch we were told of after that is kept (it may have committed after the read), and
+        so is a cancel we heard of, since a batch never leaves canceling.
         """
         previous = self._batch_status
         current = {seq: CANCELING if previous.get(seq) == CANCELING else status for seq, status in active.statuses}
         for seq, status in previous.items():
-            if seq > active.newest_seq:
+            if self._told_at.get(seq, 0) > read_since:
                 current[seq] = status
+        self._told_at = {seq: told for seq, told in self._told_at.items() if told > read_since}
         self._batch_status = current
         self._batch_betas.update(active.betas)  # a batch's betas never change
         for seq in [seq for seq in self._batch_betas if seq not in current]:
@@ -288,7 +301,8 @@ class Scheduler:
             logger.exception("request %s of batch %s failed unexpectedly", item.custom_id, item.batch_seq)
             return self._errored(item, ApiError("Internal error while running this request"))
         return Completion(
-            item.id, item.batch_seq, item.attempt, SUCCEEDED, succeeded_line(item.custom_id, message)
+            item.id, item.batch_seq, item.attempt, SUCCEEDED, succeeded_line(item.custom_id, message),
+            _usage_of(message),
         )
 
     @staticmethod
@@ -325,7 +339,6 @@ class Scheduler:
             return
         for completion in group:
             self._held.pop(completion.request_id, None)
-        self.completed += len(group)
         now = time.perf_counter()
         elapsed = max(now - self._last_flush_at, _FLUSH_INTERVAL_SECONDS)
         self._last_flush_at = now
@@ -342,8 +355,27 @@ class Scheduler:
                     owner=self.owner,
                     lease_until=now_micros() + int(self.lease_seconds * MICROS),
                 )
+                await self._heartbeat()
             except Exception:
                 logger.exception("renewing leases failed")
+
+    async def _heartbeat(self) -> None:
+        """Say this worker is alive, and take its part of the caps shared by the cluster's workers."""
+        now = now_micros()
+        share = await self.store.heartbeat(self.owner, now, live_after=now - int(self.lease_seconds * MICROS))
+        self.caller.apply_node_share(share)
+
+
+def _usage_of(message: dict[str, Any]) -> tuple[int, int, int, int] | None:
+    usage = message.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return (
+        int(usage.get("input_tokens") or 0),
+        int(usage.get("output_tokens") or 0),
+        int(usage.get("cache_creation_input_tokens") or 0),
+        int(usage.get("cache_read_input_tokens") or 0),
+    )
 
 
 def result_error_type(error: OvernightError) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Protocol
 
-from overnight.store import Store
+from overnight.store import Store, StoreUnavailableError
 from overnight.store.records import ActiveBatches
 from overnight.timestamps import now_micros
 
@@ -14,27 +15,48 @@ logger = logging.getLogger(__name__)
 
 
 class SweepListener(Protocol):
+    """The scheduler, as the sweeper sees it."""
+
+    generation: int
+    """Advances each time the scheduler is told of a new batch (see `observe_active_batches`)."""
+
     def wake(self) -> None: ...
 
-    def observe_active_batches(self, active: ActiveBatches) -> None: ...
+    def observe_active_batches(self, active: ActiveBatches, *, read_since: int) -> None: ...
 
 
 class Sweeper:
+    """Every statement a sweep runs is guarded (a batch ends, is archived and a lapsed lease is handed
+    back exactly once), so every node may sweep at the same time.
+
+    `listener` is the local scheduler, if this node runs one: it is told of the unfinished batches each
+    sweep, and at once whenever `poke` says another node created or canceled one."""
+
     def __init__(
-        self, store: Store, listener: SweepListener, *, interval_seconds: float, retention_micros: int
+        self, store: Store, listener: SweepListener | None, *, interval_seconds: float, retention_micros: int
     ) -> None:
         self.store = store
         self.listener = listener
         self.interval_seconds = interval_seconds
         self.retention_micros = retention_micros
+        self._poked = asyncio.Event()
+
+    def poke(self) -> None:
+        """Batches were created or canceled elsewhere: refresh the scheduler's view now."""
+        self._poked.set()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                await self.sweep_once()
-            except Exception:
-                logger.exception("sweep failed; trying again next interval")
-            await asyncio.sleep(self.interval_seconds)
+            await _logged(self.sweep_once(), "sweep")
+            next_sweep = loop.time() + self.interval_seconds
+            while (left := next_sweep - loop.time()) > 0:
+                try:
+                    await asyncio.wait_for(self._poked.wait(), left)
+                except TimeoutError:
+                    break
+                self._poked.clear()
+                await _logged(self.refresh(), "refreshing the unfinished batches")
 
     async def sweep_once(self) -> None:
         now = now_micros()
@@ -42,10 +64,28 @@ class Sweeper:
             logger.info("batch %s expired", batch_id)
         for batch_id in await self.store.archive_batches(now, retention_micros=self.retention_micros):
             logger.info("batch %s archived", batch_id)
-        active = await self.store.active_batches()
-        self.listener.observe_active_batches(active)
+        active = await self.refresh()
         recovered = await self.store.recover_expired_leases(active.seqs, now)
         if recovered:
             logger.warning("%d requests had lapsed leases and will run again", recovered)
-            self.listener.wake()
+            if self.listener is not None:
+                self.listener.wake()
         await self.store.checkpoint()
+
+    async def refresh(self) -> ActiveBatches:
+        """Read the unfinished batches and hand them to the scheduler."""
+        read_since = self.listener.generation if self.listener is not None else 0
+        active = await self.store.active_batches()
+        if self.listener is not None:
+            self.listener.observe_active_batches(active, read_since=read_since)
+            self.listener.wake()
+        return active
+
+
+async def _logged(step: Awaitable[object], what: str) -> None:
+    try:
+        await step
+    except StoreUnavailableError as exc:
+        logger.warning("%s failed, the database is unavailable (%s); trying again shortly", what, exc)
+    except Exception:
+        logger.exception("%s failed; trying again shortly", what)

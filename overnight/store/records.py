@@ -39,6 +39,16 @@ class BatchRecord(msgspec.Struct, frozen=True, gc=False):
     first_request_id: int | None
     last_request_id: int | None
     betas: str | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            self.input_tokens, self.output_tokens, self.cache_creation_input_tokens, self.cache_read_input_tokens
+        )
 
 
 class LeasedRequest(msgspec.Struct, frozen=True, gc=False):
@@ -57,16 +67,37 @@ class Completion(msgspec.Struct, frozen=True, gc=False):
     attempt: int
     state: str
     line: bytes | None
+    usage: tuple[int, int, int, int] | None = None
+    """Tokens (input, output, cache creation, cache read) of a succeeded request, summed per batch."""
 
 
 class ActiveBatches(msgspec.Struct, frozen=True):
-    """The batches that had not ended when read, and the newest batch seq that existed just before."""
+    """The batches that had not ended when read."""
 
     statuses: list[tuple[int, str]]
-    newest_seq: int
     betas: dict[int, list[str]] = msgspec.field(default_factory=dict)
     """The `anthropic-beta` features of those batches that have some."""
 
     @property
     def seqs(self) -> list[int]:
         return [seq for seq, _ in self.statuses]
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """Tokens, summed over results (the Messages API's usage fields)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+class NodeShare(msgspec.Struct, frozen=True):
+    """This worker's place among the live workers: `rank` in 0..nodes-1."""
+
+    rank: int
+    nodes: int
+
+    def share_of(self, cap: int) -> int:
+        """This worker's part of a cap split between all live workers (the parts add up to `cap`)."""
+        return cap // self.nodes + (1 if self.rank < cap % self.nodes else 0)

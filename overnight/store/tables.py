@@ -25,6 +25,7 @@ metadata = MetaData()
 # (a bound parameter cannot prove `status != 'ended'`).
 UNFINISHED = text("status != 'ended'")
 TO_ARCHIVE = text("status = 'ended' AND archived_at IS NULL")
+USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 batches = Table(
     "batches",
@@ -50,6 +51,11 @@ batches = Table(
     Column("last_request_id", BigInteger, nullable=True),
     # The `anthropic-beta` features the batch was created with (comma-separated), for its requests.
     Column("betas", String(1024), nullable=True),
+    # Token usage of the batch's results, summed in the same transaction that stores them.
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_creation_input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_read_input_tokens", BigInteger, nullable=False, server_default="0"),
     Index("ix_batches_workspace_seq", "workspace", "seq"),
     # Partial indexes: the engine and sweepers look at unfinished batches, or at ended ones not yet
     # archived, every second; these keep that proportional to those batches, not to all ever stored.
@@ -74,4 +80,13 @@ requests = Table(
     Column("result", LargeBinary, nullable=True),
     UniqueConstraint("batch_seq", "custom_id", name="uq_requests_batch_custom_id"),
     Index("ix_requests_batch_state", "batch_seq", "state", "id"),
+)
+
+# Workers that are alive (each refreshes `seen_at` while it runs), so that a backend cap meant for the
+# whole cluster can be split between them.
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("owner", String(128), primary_key=True),
+    Column("seen_at", BigInteger, nullable=False),
 )

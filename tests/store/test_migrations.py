@@ -2,18 +2,26 @@
 
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 
-from overnight.store import Store
-from overnight.store.store import _MIGRATIONS as MIGRATIONS
+from overnight.store import open_store
+from overnight.store.base import MIGRATIONS
 from overnight.store.tables import metadata
 
 
-def test_migrated_schema_matches_tables(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def test_migrated_schema_matches_tables(database_url: str) -> None:
+    store = open_store(database_url)
     store.migrate()
     with store.engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -21,19 +29,19 @@ def test_migrated_schema_matches_tables(tmp_path: Path) -> None:
     assert differences == []
 
 
-def test_migrate_is_idempotent(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+def test_migrate_is_idempotent(database_url: str) -> None:
+    store = open_store(database_url)
     store.migrate()
     store.migrate()
     with store.engine.connect() as conn:
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
     store.close()
-    assert version == "0003"
+    assert version == "0004"
 
 
 def test_0003_gives_stored_batches_their_request_id_range(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
-    store = Store(url)
+    store = open_store(url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with store.engine.begin() as conn:

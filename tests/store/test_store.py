@@ -3,22 +3,30 @@ cancel that never relabels a finished result, expiry and archival."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
-from overnight.store import BatchRecord, Completion, Store
-from overnight.store import store as store_module
+from overnight.store import BatchRecord, Completion, QueueFullError, Store, Usage, open_store
+from overnight.store import base as store_module
 from overnight.store.records import ENDED, ERRORED, SUCCEEDED
+from overnight.store.sqlite import SQLiteStore
 
 FAR_FUTURE = 2**60
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    store = open_store(url)
     store.migrate()
     yield store
     store.close()
@@ -52,7 +60,7 @@ async def test_insert_stores_everything_pending(store: Store) -> None:
 
 async def test_duplicate_custom_id_is_impossible(store: Store) -> None:
     items = [("same", b"{}"), ("same", b"{}")]
-    with pytest.raises(Exception, match="UNIQUE"):
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.UniqueViolation), match=r"(?i)unique"):
         await store.insert_batch(batch_id="msgbatch_d", workspace="w", created_at=1, expires_at=2, items=items)
     assert await store.get_batch("w", "msgbatch_d") is None  # nothing half-stored
 
@@ -144,13 +152,12 @@ async def test_requests_handed_back_in_a_canceling_batch_are_canceled_and_it_end
     )
 
 
-async def test_active_batches_carry_the_newest_seq_read_before_them(store: Store) -> None:
+async def test_active_batches_are_the_unfinished_ones(store: Store) -> None:
     first = await make_batch(store, 1, batch_id="msgbatch_1")
     second = await make_batch(store, 1, batch_id="msgbatch_2")
     await store.cancel_batch(second.seq, 5)  # ends at once: nothing was running
     active = await store.active_batches()
     assert active.statuses == [(first.seq, "in_progress")]
-    assert active.newest_seq == second.seq
 
 
 async def test_expiry_ends_the_batch_and_discards_late_results(store: Store) -> None:
@@ -226,6 +233,8 @@ async def test_list_pages_both_ways(store: Store) -> None:
 
 
 async def test_checkpoint_moves_every_committed_page_into_the_database_file(store: Store, tmp_path: Path) -> None:
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("SQLite's WAL only")
     database = tmp_path / "db.sqlite3"
     size_before = database.stat().st_size
     big = b'{"model":"m","pad":"%s"}' % (b"x" * 4000)
@@ -258,3 +267,89 @@ async def test_results_deleted_while_streaming_end_in_an_error_not_a_short_strea
     with pytest.raises(store_module.ResultsChangedError, match=short):
         async for _ in stream:
             pass
+
+
+# --- two nodes on one database: a second store on the same URL races the first ----------------------
+
+
+@pytest.fixture
+async def twin(store: Store) -> AsyncIterator[Store]:
+    """Another store on the same database, as a second node would have."""
+    other = open_store(store.engine.url.render_as_string(hide_password=False))
+    yield other
+    other.close()
+
+
+async def test_two_lessees_leasing_at_once_never_share_a_request(store: Store, twin: Store) -> None:
+    record = await make_batch(store, 400)
+    rounds = [
+        lessee.lease_requests([(record.seq, 25)], owner=owner, lease_until=FAR_FUTURE)
+        for _ in range(10)
+        for lessee, owner in ((store, "a"), (twin, "b"))
+    ]
+    leased = [item for batch in await asyncio.gather(*rounds) for item in batch]
+    ids = [item.id for item in leased]
+    assert len(ids) == len(set(ids)) == 400
+    assert await store.lease_requests([(record.seq, 10)], owner="c", lease_until=FAR_FUTURE) == []
+
+
+async def test_recovery_racing_on_two_nodes_hands_each_lease_back_once(store: Store, twin: Store) -> None:
+    record = await make_batch(store, 30)
+    await store.lease_requests([(record.seq, 30)], owner="dead", lease_until=10)
+    await store.cancel_batch(record.seq, 11)  # the lapsed ones will be canceled, and counted, once
+    freed = await asyncio.gather(
+        store.recover_expired_leases([record.seq], 20), twin.recover_expired_leases([record.seq], 20)
+    )
+    assert sum(freed) == 30
+    after = await store.get_batch("w", record.id)
+    assert after is not None and (after.canceled, after.status) == (30, ENDED)
+    assert_counts_add_up(after)
+
+
+async def test_expiry_racing_on_two_nodes_ends_the_batch_once(store: Store, twin: Store) -> None:
+    record = await make_batch(store, 40, expires_at=100)
+    await store.lease_requests([(record.seq, 10)], owner="me", lease_until=FAR_FUTURE)
+    ended = await asyncio.gather(store.expire_batches(now=100), twin.expire_batches(now=100))
+    assert sorted(ended) == [[], [record.id]]
+    after = await store.get_batch("w", record.id)
+    assert after is not None and (after.expired, after.status) == (40, ENDED)
+    assert_counts_add_up(after)
+
+
+async def test_the_queue_limit_holds_against_concurrent_creates(store: Store, twin: Store) -> None:
+    items = [(f"r{i}", b"{}") for i in range(60)]
+    outcomes = await asyncio.gather(
+        *(
+            lessee.insert_batch(
+                batch_id=f"msgbatch_q{n}", workspace="w", created_at=1, expires_at=FAR_FUTURE, items=items,
+                max_queued_requests=100,
+            )
+            for n, lessee in enumerate((store, twin, store, twin))
+        ),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(outcome, BatchRecord) for outcome in outcomes) == 1
+    assert all(isinstance(outcome, BatchRecord | QueueFullError) for outcome in outcomes)
+
+
+async def test_usage_is_summed_with_the_results_it_counts(store: Store) -> None:
+    record = await make_batch(store, 3)
+    leased = await store.lease_requests([(record.seq, 3)], owner="me", lease_until=FAR_FUTURE)
+    done = [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"ok\n", (10, 2, 1, 4)) for i in leased]
+    await store.complete_requests(done, owner="me", now=5)
+    await store.complete_requests(done, owner="me", now=6)  # a duplicate: neither result nor usage again
+    after = await store.get_batch("w", record.id)
+    assert after is not None and after.usage == Usage(30, 6, 3, 12)
+    assert await store.workspace_usage("w") == (1, Usage(30, 6, 3, 12))
+    assert await store.workspace_usage("nobody") == (0, Usage())
+
+
+async def test_live_workers_split_a_shared_cap_exactly(store: Store, twin: Store) -> None:
+    await store.heartbeat("a", 100, live_after=0)
+    second = await twin.heartbeat("b", 100, live_after=0)
+    first = await store.heartbeat("a", 101, live_after=0)
+    assert (first.rank, first.nodes, second.rank, second.nodes) == (0, 2, 1, 2)
+    assert first.share_of(5) + second.share_of(5) == 5 and first.share_of(1) + second.share_of(1) == 1
+    # b stops renewing: once its heartbeat is older than `live_after`, a has the whole cap.
+    alone = await store.heartbeat("a", 500, live_after=200)
+    assert (alone.rank, alone.nodes, alone.share_of(5)) == (0, 1, 5)

@@ -1,0 +1,625 @@
+"""The store's interface: every database operation of a batch's life, one named method each.
+
+The service, the engine and the sweepers see only this class. What is portable SQL (SQLAlchemy Core,
+valid on SQLite and PostgreSQL alike) is written here once; the hot statements — ingest, leasing,
+completion, result chunks — are each database's own, in `sqlite.py` and `postgres.py`.
+
+Every state change that could race with another node is one guarded statement (a compare-and-set on
+state and lease owner, `status != 'ended'`, `archived_at IS NULL`), and every transaction that
+touches both tables changes `requests` rows before the `batches` row, so concurrent transactions on
+PostgreSQL wait for each other instead of deadlocking.
+
+Methods run on threads (the drivers block): writes on a writer pool, reads on a reader pool. Each
+public method is awaitable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections import Counter, defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import ColumnElement, Connection, Engine, exists, func, select, update
+from sqlalchemy import exc as sa_exc
+
+from overnight.store.records import (
+    CANCELED,
+    CANCELING,
+    ENDED,
+    ERRORED,
+    EXPIRED,
+    IN_PROGRESS,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    ActiveBatches,
+    BatchRecord,
+    Completion,
+    LeasedRequest,
+    NodeShare,
+    Usage,
+)
+from overnight.store.tables import TO_ARCHIVE, UNFINISHED, USAGE_COLUMNS, batches, nodes, requests
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+S = TypeVar("S", bound="Store")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_RESULT_CHUNK_IDS = 5000
+_READS_AHEAD = 2
+_RETRIES = 4  # attempts of a transaction that lost a deadlock or serialization race
+
+
+class UnknownCursorError(LookupError):
+    """A pagination cursor names no batch of this workspace."""
+
+
+class ResultsChangedError(RuntimeError):
+    """A batch's results went away (deleted, archived) while they were being streamed."""
+
+
+class UnsupportedDatabaseError(ValueError):
+    """The database URL names a database this version cannot store batches in."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """The database could not be reached or is too busy right now (connection lost, restarting,
+    locked); the same call may succeed in a moment."""
+
+
+class QueueFullError(RuntimeError):
+    """A new batch would take the workspace's unfinished requests past its limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"queue limit {limit}")
+        self.limit = limit
+
+
+def _on_thread(pool: str) -> Callable[[Callable[Concatenate[S, P], T]], Callable[Concatenate[S, P], Awaitable[T]]]:
+    """Make a blocking store method awaitable, running it on the store's `pool` executor.
+
+    A transaction that lost a race the database resolves by aborting one side (a deadlock, a
+    serialization failure) runs again; a lost or refused connection becomes `StoreUnavailableError`.
+    """
+
+    def decorate(method: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], Awaitable[T]]:
+        def blocking(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+            for attempt in range(1, _RETRIES + 1):
+                try:
+                    return method(self, *args, **kwargs)
+                except Exception as exc:
+                    if self.is_race_lost(exc) and attempt < _RETRIES:
+                        logger.debug("%s lost a race (%s); retrying", method.__name__, exc)
+                        continue
+                    if self.is_unavailable(exc):
+                        raise StoreUnavailableError(f"{method.__name__}: {exc}") from exc
+                    raise
+            raise AssertionError("unreachable")
+
+        @functools.wraps(method)
+        async def run(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+            call = functools.partial(blocking, self, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(getattr(self, pool), call)
+
+        return run
+
+    return decorate
+
+
+writes = _on_thread("_writer")
+reads = _on_thread("_reader")
+
+
+class Store:
+    """One database. Use `open_store(url)` to get the implementation for a URL."""
+
+    single_process: ClassVar[bool] = False
+    """Whether only one process can use this database (then every running request at start-up was
+    orphaned by a crash and can be handed back at once)."""
+
+    _writer_threads: ClassVar[int] = 1
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = ThreadPoolExecutor(self._writer_threads, thread_name_prefix="store-write")
+        self._reader = ThreadPoolExecutor(4, thread_name_prefix="store-read")
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent; safe with several nodes at once)."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            self._lock_for_migration(connection)
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def _lock_for_migration(self, conn: Connection) -> None:
+        """Hold off other nodes migrating the same database until this transaction ends."""
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+        self.engine.dispose()
+
+    async def checkpoint(self) -> None:
+        """Housekeeping of the database's own files, where it needs any (SQLite's WAL)."""
+
+    def subscribe(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` (from any thread) soon after another node creates or cancels a batch.
+
+        Best effort: it only cuts latency; the engine polls as well. A no-op where one process is all
+        there is."""
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """Whether `exc` means the database is unreachable or busy, not that the call was wrong."""
+        return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
+
+    def is_race_lost(self, exc: BaseException) -> bool:
+        """Whether `exc` aborted a transaction that may simply run again (deadlock, serialization)."""
+        return False
+
+    # --- batches: the API's operations -------------------------------------------------------
+
+    @writes
+    def insert_batch(
+        self,
+        *,
+        batch_id: str,
+        workspace: str,
+        created_at: int,
+        expires_at: int,
+        items: Sequence[tuple[str, Any]],
+        betas: Sequence[str] = (),
+        max_queued_requests: int = 0,
+    ) -> BatchRecord:
+        """Store a batch and all its requests in one transaction: all of it, or nothing.
+
+        With `max_queued_requests`, raises `QueueFullError` (and stores nothing) when the workspace's
+        unfinished requests would exceed it; the check and the insert are one transaction, serialised
+        per workspace, so concurrent creates cannot pass it together.
+        """
+        with self.engine.begin() as conn:
+            self._begin_write(conn)
+            if max_queued_requests:
+                self._lock_workspace(conn, workspace)
+                queued = conn.execute(
+                    select(batches.c.processing).where(batches.c.workspace == workspace, UNFINISHED)
+                ).scalars()
+                if sum(queued) + len(items) > max_queued_requests:
+                    raise QueueFullError(max_queued_requests)
+            seq = conn.execute(
+                batches.insert()
+                .values(
+                    id=batch_id,
+                    workspace=workspace,
+                    status=IN_PROGRESS,
+                    total=len(items),
+                    processing=len(items),
+                    created_at=created_at,
+                    expires_at=expires_at,
+                    betas=",".join(betas) or None,
+                )
+                .returning(batches.c.seq)
+            ).scalar_one()
+            first_id, last_id = self._insert_requests(conn, seq, items)
+            conn.execute(
+                update(batches).where(batches.c.seq == seq).values(first_request_id=first_id, last_request_id=last_id)
+            )
+            self._notify(conn)
+            return _one_batch(conn, seq)
+
+    def _begin_write(self, conn: Connection) -> None:
+        """Start the write transaction `conn` is in (SQLite takes its write lock here)."""
+
+    def _lock_workspace(self, conn: Connection, workspace: str) -> None:
+        """Serialise this transaction with others that check the same workspace's queue."""
+
+    def _insert_requests(self, conn: Connection, seq: int, items: Sequence[tuple[str, Any]]) -> tuple[int, int]:
+        """Insert the batch's requests as pending; return the smallest and largest id given them."""
+        raise NotImplementedError
+
+    def _notify(self, conn: Connection) -> None:
+        """Tell other nodes, when this transaction commits, that batches were created or canceled."""
+
+    @reads
+    def get_batch(self, workspace: str, batch_id: str) -> BatchRecord | None:
+        """The batch with this id in this workspace, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(batches).where(batches.c.id == batch_id, batches.c.workspace == workspace)
+            ).one_or_none()
+        return None if row is None else BatchRecord(**row._mapping)
+
+    @reads
+    def list_batches(
+        self, workspace: str, *, limit: int, after_id: str | None, before_id: str | None
+    ) -> tuple[list[BatchRecord], bool]:
+        """One page, newest first, and whether more lie beyond it in the direction of travel.
+
+        `after_id` pages towards older batches; `before_id` towards newer ones (the page adjacent to it);
+        both together bound the page strictly between them.
+        """
+        with self.engine.connect() as conn:
+            query = select(batches).where(batches.c.workspace == workspace)
+            if after_id is not None:
+                query = query.where(batches.c.seq < _cursor_seq(conn, workspace, after_id))
+            if before_id is not None:
+                query = query.where(batches.c.seq > _cursor_seq(conn, workspace, before_id))
+                query = query.order_by(batches.c.seq.asc())
+            else:
+                query = query.order_by(batches.c.seq.desc())
+            rows = conn.execute(query.limit(limit + 1)).all()
+        page = [BatchRecord(**row._mapping) for row in rows[:limit]]
+        if before_id is not None:
+            page.reverse()
+        return page, len(rows) > limit
+
+    @reads
+    def workspace_usage(self, workspace: str) -> tuple[int, Usage]:
+        """How many batches the workspace has stored, and the tokens their results used, summed."""
+        with self.engine.connect() as conn:
+            count, *sums = conn.execute(
+                select(
+                    func.count(),
+                    *(func.coalesce(func.sum(batches.c[name]), 0) for name in USAGE_COLUMNS),
+                ).where(batches.c.workspace == workspace)
+            ).one()
+        return int(count), Usage(*(int(value) for value in sums))
+
+    @writes
+    def cancel_batch(self, seq: int, now: int) -> BatchRecord | None:
+        """Move an in-progress batch to canceling and its pending requests to canceled, atomically.
+
+        Running requests are untouched: they finish with their real result. Returns None when the
+        batch was no longer in progress (the caller re-reads it).
+        """
+        with self.engine.begin() as conn:
+            self._begin_write(conn)
+            in_progress = exists().where(batches.c.seq == seq, batches.c.status == IN_PROGRESS)
+            canceled = conn.execute(
+                update(requests)
+                .where(requests.c.batch_seq == seq, requests.c.state == PENDING, in_progress)
+                .values(state=CANCELED)
+            ).rowcount
+            moved = conn.execute(
+                update(batches)
+                .where(batches.c.seq == seq, batches.c.status == IN_PROGRESS)
+                .values(status=CANCELING, cancel_initiated_at=now)
+            ).rowcount
+            if not moved:
+                conn.rollback()
+                return None
+            self._add_counts(conn, seq, {CANCELED: canceled})
+            self._end_if_done(conn, [seq], now)
+            self._notify(conn)
+            return _one_batch(conn, seq)
+
+    @writes
+    def delete_batch(self, seq: int) -> bool:
+        """Delete an ended batch and its results; False (and nothing deleted) if it has not ended."""
+        with self.engine.begin() as conn:
+            self._begin_write(conn)
+            conn.execute(
+                requests.delete().where(
+                    requests.c.batch_seq == seq,
+                    exists().where(batches.c.seq == seq, batches.c.status == ENDED),
+                )
+            )
+            deleted = conn.execute(batches.delete().where(batches.c.seq == seq, batches.c.status == ENDED)).rowcount
+            return bool(deleted)
+
+    async def stream_results(self, batch: BatchRecord) -> AsyncIterator[bytes]:
+        """Every result line of an ended batch, in chunks of a few thousand lines, in constant memory.
+
+        Chunks are read on reader threads ahead of the one being sent. Raises `ResultsChangedError`
+        after the last chunk if the lines sent do not number the batch's requests (it was deleted or
+        archived meanwhile), so a client sees a broken download, never a silently short one.
+        """
+        first, last = batch.first_request_id, batch.last_request_id
+        reads = (
+            [
+                functools.partial(self._result_chunk, batch.seq, low, min(low + _RESULT_CHUNK_IDS - 1, last))
+                for low in range(first, last + 1, _RESULT_CHUNK_IDS)
+            ]
+            if first is not None and last is not None
+            else []  # archived: no requests left
+        )
+        lines = 0
+        async for chunk, count in self._read_ahead(reads):
+            lines += count
+            if chunk:  # an empty one would end a chunked HTTP body early
+                yield chunk
+        if lines != batch.total:
+            raise ResultsChangedError(f"batch {batch.id}: {lines} result lines for {batch.total} requests")
+
+    async def _read_ahead(self, reads: Sequence[Callable[[], T]]) -> AsyncIterator[T]:
+        """Run independent reads on the reader pool, a few at once, yielding their results in order."""
+        loop = asyncio.get_running_loop()
+        pending: deque[asyncio.Future[T]] = deque()
+        queued = iter(reads)
+        try:
+            for read in islice(queued, _READS_AHEAD):
+                pending.append(loop.run_in_executor(self._reader, read))
+            while pending:
+                result = await pending.popleft()
+                for read in islice(queued, 1):
+                    pending.append(loop.run_in_executor(self._reader, read))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def _result_chunk(self, seq: int, first_id: int, last_id: int) -> tuple[bytes, int]:
+        """The result lines of the batch's requests with ids in [first_id, last_id], and how many."""
+        raise NotImplementedError
+
+    # --- requests: the engine's operations ---------------------------------------------------
+
+    @reads
+    def active_batches(self) -> ActiveBatches:
+        """(seq, status) of every batch that has not ended, oldest first, with the betas of those that
+        have some."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(batches.c.seq, batches.c.status, batches.c.betas).where(UNFINISHED).order_by(batches.c.seq)
+            ).all()
+        return ActiveBatches(
+            [(seq, status) for seq, status, _ in rows],
+            {seq: betas.split(",") for seq, _, betas in rows if betas},
+        )
+
+    @writes
+    def lease_requests(
+        self, quotas: Sequence[tuple[int, int]], *, owner: str, lease_until: int
+    ) -> list[LeasedRequest]:
+        """Lease up to n pending requests from each (batch, n), oldest first, in one transaction.
+
+        Only requests of in-progress batches are leased, and never one another lessee holds; each
+        lease bumps `attempt`, which is part of the lease token checked when the result is written.
+        """
+        raise NotImplementedError
+
+    @writes
+    def renew_leases(self, request_ids: Iterable[int], *, owner: str, lease_until: int) -> None:
+        """Extend the leases this owner still holds on these requests."""
+        ids = list(request_ids)
+        with self.engine.begin() as conn:
+            for start in range(0, len(ids), 500):
+                conn.execute(
+                    update(requests)
+                    .where(
+                        requests.c.id.in_(ids[start : start + 500]),
+                        requests.c.lease_owner == owner,
+                        requests.c.state == RUNNING,
+                    )
+                    .values(lease_expires_at=lease_until)
+                )
+
+    @writes
+    def complete_requests(self, completions: Sequence[Completion], *, owner: str, now: int) -> None:
+        """Write terminal outcomes and move the counters (and token usage) with them, in one transaction.
+
+        Each write is a compare-and-set on (running, this owner, this attempt): a late or duplicate
+        completion changes nothing, so a request never gets two results. Batches left with nothing
+        to do end here, exactly once.
+        """
+        if not completions:
+            return
+        groups: dict[str, list[Completion]] = defaultdict(list)
+        for done in completions:
+            groups[done.state].append(done)
+        by_id = {done.request_id: done for done in completions}
+        counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        usage: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        with self.engine.begin() as conn:
+            self._begin_write(conn)
+            for state, group in groups.items():
+                for request_id in self._write_outcomes(conn, state, group, owner):
+                    done = by_id[request_id]
+                    counts[done.batch_seq][state] += 1
+                    if done.usage is not None:
+                        totals = usage[done.batch_seq]
+                        for index, value in enumerate(done.usage):
+                            totals[index] += value
+            for seq in sorted(counts):
+                self._add_counts(conn, seq, counts[seq], usage.get(seq))
+            self._end_if_done(conn, sorted(counts), now)
+
+    def _write_outcomes(self, conn: Connection, state: str, group: Sequence[Completion], owner: str) -> list[int]:
+        """Compare-and-set these outcomes, all in `state`; return the ids actually written."""
+        raise NotImplementedError
+
+    @writes
+    def release_requests(self, request_ids: Iterable[int], *, owner: str, started: bool, now: int) -> int:
+        """Hand leased requests back (shutdown): pending again, or canceled if their batch is canceling.
+
+        A request that never started gets its attempt back.
+        """
+        ids = list(request_ids)
+        if not ids:
+            return 0
+        with self.engine.begin() as conn:
+            self._begin_write(conn)
+            freed = 0
+            for start in range(0, len(ids), 500):
+                mine = requests.c.id.in_(ids[start : start + 500]) & (requests.c.lease_owner == owner)
+                freed += self._hand_back(conn, mine, attempt_delta=0 if started else -1, now=now)
+            return freed
+
+    @writes
+    def recover_expired_leases(self, batch_seqs: Sequence[int], now: int, *, every_lease: bool = False) -> int:
+        """Hand back requests whose lease lapsed (their worker died or stalled), as `release_requests`.
+
+        `every_lease`: all running requests, lapsed or not — only for a `single_process` store at
+        start, when no other worker can exist.
+        """
+        if not batch_seqs:
+            return 0
+        assert self.single_process or not every_lease, "other nodes may hold live leases"
+        lapsed: ColumnElement[bool] = requests.c.batch_seq.in_(list(batch_seqs))
+        if not every_lease:
+            lapsed &= requests.c.lease_expires_at < now
+        with self.engine.begin() as conn:
+            self._begin_write(conn)
+            return self._hand_back(conn, lapsed, attempt_delta=0, now=now)
+
+    @writes
+    def expire_batches(self, now: int) -> list[str]:
+        """End every unfinished batch past `expires_at`: its unfinished requests become expired.
+
+        Exactly once with any number of nodes: a batch another node ended first is left alone."""
+        expired_ids: list[str] = []
+        with self.engine.connect() as conn:
+            due = conn.execute(select(batches.c.seq, batches.c.id).where(UNFINISHED, batches.c.expires_at <= now)).all()
+        for seq, batch_id in due:
+            with self.engine.begin() as conn:
+                self._begin_write(conn)
+                expired = conn.execute(
+                    update(requests)
+                    .where(requests.c.batch_seq == seq, requests.c.state.in_((PENDING, RUNNING)))
+                    .values(state=EXPIRED, lease_owner=None, lease_expires_at=None)
+                ).rowcount
+                ended = conn.execute(
+                    update(batches)
+                    .where(batches.c.seq == seq, batches.c.status != ENDED)
+                    .values(status=ENDED, ended_at=now)
+                ).rowcount
+                if not ended:
+                    conn.rollback()
+                    continue
+                self._add_counts(conn, seq, {EXPIRED: expired})
+                expired_ids.append(batch_id)
+        return expired_ids
+
+    @writes
+    def archive_batches(self, now: int, *, retention_micros: int) -> list[str]:
+        """Archive ended batches older than the retention window: their results are deleted, once."""
+        archived: list[str] = []
+        with self.engine.connect() as conn:
+            due = conn.execute(
+                select(batches.c.seq, batches.c.id).where(TO_ARCHIVE, batches.c.created_at <= now - retention_micros)
+            ).all()
+        for seq, batch_id in due:
+            with self.engine.begin() as conn:
+                self._begin_write(conn)
+                moved = conn.execute(
+                    update(batches)
+                    .where(batches.c.seq == seq, batches.c.archived_at.is_(None))
+                    .values(archived_at=now, first_request_id=None, last_request_id=None)
+                ).rowcount
+                if moved:
+                    conn.execute(requests.delete().where(requests.c.batch_seq == seq))
+                    archived.append(batch_id)
+        return archived
+
+    # --- nodes: who is alive, for caps shared across the cluster -------------------------------
+
+    @writes
+    def heartbeat(self, owner: str, now: int, *, live_after: int) -> NodeShare:
+        """Record that this worker is alive; return its rank among the workers seen since `live_after`
+        and how many there are (so a cap shared by all of them can be split exactly)."""
+        with self.engine.begin() as conn:
+            updated = conn.execute(update(nodes).where(nodes.c.owner == owner).values(seen_at=now)).rowcount
+            if not updated:
+                conn.execute(nodes.insert().values(owner=owner, seen_at=now))
+            conn.execute(nodes.delete().where(nodes.c.seen_at < live_after))
+            live = conn.execute(select(nodes.c.owner).where(nodes.c.seen_at >= live_after).order_by(nodes.c.owner))
+            owners = list(live.scalars())
+        return NodeShare(rank=owners.index(owner), nodes=len(owners))
+
+    @writes
+    def leave(self, owner: str) -> None:
+        """This worker stops: it no longer counts towards shared caps."""
+        with self.engine.begin() as conn:
+            conn.execute(nodes.delete().where(nodes.c.owner == owner))
+
+    # --- shared pieces ------------------------------------------------------------------------
+
+    def _add_counts(
+        self, conn: Connection, seq: int, by_state: dict[str, int], usage: Sequence[int] | None = None
+    ) -> None:
+        """Move `processing` into the terminal counters (and add token usage) in the same transaction
+        as the state change."""
+        moved = sum(by_state.values())
+        if not moved:
+            return
+        values = [moved, *(by_state.get(state, 0) for state in (SUCCEEDED, ERRORED, CANCELED, EXPIRED))]
+        values += list(usage or (0, 0, 0, 0))
+        # One fixed statement (prepared once): this runs with every group of results written.
+        self._driver_cursor(conn).execute(self.add_counts_sql, (*values, seq))
+
+    add_counts_sql: ClassVar[str] = (
+        "UPDATE batches SET processing = processing - ?, succeeded = succeeded + ?, errored = errored + ?, "
+        "canceled = canceled + ?, expired = expired + ?, input_tokens = input_tokens + ?, "
+        "output_tokens = output_tokens + ?, cache_creation_input_tokens = cache_creation_input_tokens + ?, "
+        "cache_read_input_tokens = cache_read_input_tokens + ? WHERE seq = ?"
+    )
+
+    def _end_if_done(self, conn: Connection, seqs: list[int], now: int) -> None:
+        """End, exactly once, each of these batches that has nothing left to process."""
+        if seqs:
+            conn.execute(
+                update(batches)
+                .where(batches.c.seq.in_(seqs), batches.c.processing == 0, batches.c.status != ENDED)
+                .values(status=ENDED, ended_at=now)
+            )
+
+    def _hand_back(self, conn: Connection, which: ColumnElement[bool], *, attempt_delta: int, now: int) -> int:
+        """Free the running requests `which` selects: to canceled in canceling batches (which lease no
+        more, so nothing would ever run them), else to pending. Returns how many were freed.
+
+        Counts come from the rows each statement changed (RETURNING), so two nodes recovering the same
+        lapsed leases at once cannot both count them."""
+        running = (requests.c.state == RUNNING) & which
+        in_canceling = requests.c.batch_seq.in_(select(batches.c.seq).where(batches.c.status == CANCELING))
+        lease_free = {"lease_owner": None, "lease_expires_at": None}
+        canceled = Counter(
+            conn.execute(
+                update(requests)
+                .where(running, in_canceling)
+                .values(state=CANCELED, **lease_free)
+                .returning(requests.c.batch_seq)
+            ).scalars()
+        )
+        freed = conn.execute(
+            update(requests)
+            .where(running)
+            .values(state=PENDING, attempt=requests.c.attempt + attempt_delta, **lease_free)
+        ).rowcount
+        for seq in sorted(canceled):
+            self._add_counts(conn, seq, {CANCELED: canceled[seq]})
+        self._end_if_done(conn, sorted(canceled), now)
+        return freed + sum(canceled.values())
+
+    @staticmethod
+    def _driver_cursor(conn: Connection) -> Any:
+        """A DBAPI cursor inside `conn`'s transaction, for the hot statements: tuples straight to the
+        driver, since SQLAlchemy's per-row parameter and result handling would cost more than the
+        database's work."""
+        return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+
+def _one_batch(conn: Connection, seq: int) -> BatchRecord:
+    return BatchRecord(**conn.execute(select(batches).where(batches.c.seq == seq)).one()._mapping)
+
+
+def _cursor_seq(conn: Connection, workspace: str, batch_id: str) -> int:
+    seq = conn.execute(
+        select(batches.c.seq).where(batches.c.id == batch_id, batches.c.workspace == workspace)
+    ).scalar_one_or_none()
+    if seq is None:
+        raise UnknownCursorError(batch_id)
+    return int(seq)
