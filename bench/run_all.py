@@ -48,6 +48,9 @@ BENCHMARKS = [
     Benchmark("d", "d_results_download", "results download", profilable=True),
     Benchmark("e", "e_list", "list", profilable=False),
     Benchmark("f", "f_local_model", "local model", profilable=True),
+    Benchmark("g", "g_scale_out", "scale-out across workers", profilable=False),
+    Benchmark("h", "h_postgres_control_plane", "control plane on PostgreSQL", profilable=False),
+    Benchmark("i", "i_postgres_ingest", "ingest on PostgreSQL", profilable=False),
 ]
 TIMEOUT_SECONDS = 900
 QUICK_TIMEOUT_SECONDS = 300

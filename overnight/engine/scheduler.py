@@ -150,7 +150,10 @@ class Scheduler:
         await self.store.release_requests(interrupted, owner=self.owner, started=True, now=now_micros())
         if interrupted:
             logger.info("handed back %d interrupted requests; they will run again", len(interrupted))
-        await self.store.leave(self.owner)
+        try:
+            await self.store.leave(self.owner)
+        except Exception as exc:  # its heartbeat lapses by itself; only the shared caps wait for that
+            logger.warning("could not sign this worker off (%s)", exc)
 
     # --- what the service and the sweeper tell us -----------------------------------------------
 

@@ -131,7 +131,9 @@ def test_sigkill_while_canceling_then_restart_ends_the_batch(
     tmp_path: Path, make_client: Callable[..., anthropic.Anthropic]
 ) -> None:
     # Slow enough that requests are still running when the batch is canceled and the server dies.
-    proc = ServerProcess(tmp_path / "data", ["--fake-latency-ms", "3000", "--concurrency", "4"])
+    # Short leases: on PostgreSQL a restarted node cannot tell its own dead leases from another node's
+    # live ones, so they are handed back once they lapse (on SQLite, at once when it starts).
+    proc = ServerProcess(tmp_path / "data", ["--fake-latency-ms", "3000", "--concurrency", "4", "--lease-seconds", "2"])
     try:
         proc.start()
         client = make_client(proc)
@@ -145,8 +147,8 @@ def test_sigkill_while_canceling_then_restart_ends_the_batch(
 
         proc.restart()
         client = make_client(proc)
-        # Those running can never run again (a canceling batch leases nothing): they are canceled at
-        # start and the batch ends, long before it would expire.
+        # Those running can never run again (a canceling batch leases nothing): they are canceled when
+        # handed back and the batch ends, long before it would expire.
         ended = wait_for_end(client, batch.id, total=20, timeout=10, interval=0.1)
         counts = ended.request_counts
         assert (counts.canceled, counts.succeeded, counts.expired, counts.processing) == (20, 0, 0, 0)
