@@ -3,7 +3,7 @@
 Each worker runs `--concurrency 16` against the fake backend holding every call 100 ms, so one
 worker can finish at most 160 requests a second and three at most 480: the ratio of the two runs'
 throughputs (created → ended, by the server's own timestamps) says how well leasing spreads the work
-between nodes. Target: three workers ≥ 2.7× one.
+between nodes. Target: three workers ≥ 2.7x one.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """(h) The control plane on PostgreSQL: (b)'s 100k-request zero-latency batch, create → ended →
 downloaded, by one `--role all` node on PostgreSQL against the same on SQLite, in the same run; and by
-1 api + 2 workers on PostgreSQL. Target: PostgreSQL ≥ 0.5× SQLite.
+1 api + 2 workers on PostgreSQL. Target: PostgreSQL ≥ 0.5x SQLite.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""(i) Ingest on PostgreSQL: (c)'s 100k × 2.5 KB create, against a bare binary COPY of the same rows
+"""(i) Ingest on PostgreSQL: (c)'s 100k x 2.5 KB create, against a bare binary COPY of the same rows
 into the same table (in this process, psycopg, one transaction) in the same run; and the server's
-peak RSS against the body. Targets: create ≤ 1.3× the COPY floor; peak RSS ≤ 2× the body.
+peak RSS against the body. Targets: create ≤ 1.3x the COPY floor; peak RSS ≤ 2x the body.
 """
 
 from __future__ import annotations
