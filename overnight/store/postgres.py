@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import msgspec
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.string import BytesBinaryDumper
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy import exc as sa_exc
@@ -126,8 +127,11 @@ class PostgresStore(Store):
         finally:
             cursor.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_NAMESPACE, _LOCK_REQUEST_IDS))
         first_id = last_id - len(items) + 1
+        # The queued writer sends on a thread of its own: encoding rows here overlaps with sending them
+        # and with the server storing them.
         with cursor.copy(
-            "COPY requests (id, batch_seq, custom_id, params, state, attempt) FROM STDIN (FORMAT BINARY)"
+            "COPY requests (id, batch_seq, custom_id, params, state, attempt) FROM STDIN (FORMAT BINARY)",
+            writer=QueuedLibpqWriter(cursor),
         ) as copy:
             copy.set_types(["int8", "int8", "text", "bytea", "text", "int4"])
             for offset, (custom_id, params) in enumerate(items):
