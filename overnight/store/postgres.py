@@ -7,9 +7,11 @@ rows and joined here. Creates and cancels `NOTIFY overnight`, which `subscribe` 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any, ClassVar
 
 import msgspec
@@ -44,13 +46,24 @@ UPDATE requests SET state = 'running', lease_owner = %(owner)s, lease_expires_at
 FROM picked WHERE requests.id = picked.id
 RETURNING requests.id, requests.attempt, requests.custom_id, requests.params
 """
-_COMPLETE_SQL = """
-UPDATE requests SET state = %s, result = done.line, lease_owner = NULL, lease_expires_at = NULL
-FROM unnest(%s::bigint[], %s::bytea[], %s::int[]) AS done(id, line, attempt)
-WHERE requests.id = done.id AND requests.state = 'running' AND requests.lease_owner = %s
-  AND requests.attempt = done.attempt
-RETURNING requests.id
-"""
+_ROWS_PER_STATEMENT = 500
+
+
+@functools.cache
+def _complete_sql(rows: int) -> str:
+    """The compare-and-set of `rows` outcomes, with PostgreSQL's own `$n` placeholders (for a
+    RawCursor: psycopg then sends the text as it is, with no per-call parsing of a long query)."""
+    values = ",".join(
+        f"(${3 * n + 3}::bigint, ${3 * n + 4}::bytea, ${3 * n + 5}::int)" for n in range(rows)
+    )
+    return (
+        "UPDATE requests SET state = $1, result = done.line, lease_owner = NULL, lease_expires_at = NULL "
+        f"FROM (VALUES {values}) AS done(id, line, attempt) "
+        "WHERE requests.id = done.id AND requests.state = 'running' AND requests.lease_owner = $2 "
+        "AND requests.attempt = done.attempt RETURNING requests.id"
+    )
+
+
 _RESULT_CHUNK_SQL = """
 SELECT result, custom_id, state FROM requests
 WHERE batch_seq = %s AND id BETWEEN %s AND %s AND state IN ('succeeded', 'errored', 'canceled', 'expired')
@@ -152,18 +165,18 @@ class PostgresStore(Store):
         return leased
 
     def _write_outcomes(self, conn: Connection, state: str, group: Sequence[Completion], owner: str) -> list[int]:
-        cursor = self._driver_cursor(conn)
-        cursor.execute(
-            _COMPLETE_SQL,
-            (
-                state,
-                [done.request_id for done in group],
-                [done.line for done in group],
-                [done.attempt for done in group],
-                owner,
-            ),
-        )
-        return [row[0] for row in cursor.fetchall()]
+        # Multi-row VALUES, not arrays: each parameter is dumped by psycopg's C code, where a list
+        # parameter goes through its Python array dumper, element by element, holding the GIL.
+        cursor = psycopg.RawCursor(conn.connection.dbapi_connection)  # type: ignore[arg-type]
+        written: list[int] = []
+        for start in range(0, len(group), _ROWS_PER_STATEMENT):
+            some = group[start : start + _ROWS_PER_STATEMENT]
+            cursor.execute(
+                _complete_sql(len(some)),
+                [state, owner, *chain.from_iterable((d.request_id, d.line, d.attempt) for d in some)],
+            )
+            written.extend(row[0] for row in cursor.fetchall())
+        return written
 
     def _result_chunk(self, seq: int, first_id: int, last_id: int) -> tuple[bytes, int]:
         with self.engine.connect() as conn:
