@@ -167,7 +167,7 @@ class PostgresStore(Store):
     def _write_outcomes(self, conn: Connection, state: str, group: Sequence[Completion], owner: str) -> list[int]:
         # Multi-row VALUES, not arrays: each parameter is dumped by psycopg's C code, where a list
         # parameter goes through its Python array dumper, element by element, holding the GIL.
-        cursor = psycopg.RawCursor(conn.connection.dbapi_connection)  # type: ignore[arg-type]
+        cursor = psycopg.RawCursor(conn.connection.dbapi_connection)  # type: ignore[call-overload]
         written: list[int] = []
         for start in range(0, len(group), _ROWS_PER_STATEMENT):
             some = group[start : start + _ROWS_PER_STATEMENT]
