@@ -58,6 +58,9 @@ def create_once(bench: Run, admin_url: str, body: bytes, count: int, attempt: in
     database = fresh_database(admin_url)
     limits = ("--max-body-bytes", str(len(body) + 1), "--max-requests", str(max(count, 100_000)))
     with overnight_server(bench.work / f"create-{attempt}", "--database", database, "--role", "api", *limits) as api:
+        # A running server has its database connections open; the floor's is open too.
+        with work.client(api.url) as http:
+            http.get("/v1/messages/batches").raise_for_status()
         reset_peak(api.pid)
         posted = work.post_timing_upload(api.port, "/v1/messages/batches", body)
         if posted.status != 200:
