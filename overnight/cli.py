@@ -71,6 +71,18 @@ def main() -> None:
                    "comma-separated). With none, any key is accepted.")
 @click.option("--max-body-bytes", default=256 * 1024 * 1024, show_default=True, type=click.IntRange(min=1),
               help="Largest create-batch body.")
+@click.option("--body-read-timeout", "body_read_timeout_seconds", default=30.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a request body may send nothing before it is answered 408.")
+@click.option("--max-head-bytes", default=64 * 1024, show_default=True, type=click.IntRange(min=1024),
+              help="Largest request line plus headers (431 beyond).")
+@click.option("--head-timeout", "head_timeout_seconds", default=10.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds for a request line and headers to arrive (408 beyond; an idle new connection is closed).")
+@click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="Open client connections; one more is answered 503 and closed.")
+@click.option("--max-beta-features", default=32, show_default=True, type=click.IntRange(min=0),
+              help="anthropic-beta features one call may name (400 beyond).")
 @click.option("--max-requests", default=100_000, show_default=True, type=click.IntRange(min=1),
               help="Most requests in one batch.")
 @click.option("--batch-ttl", "batch_ttl_seconds", default=86_400.0, show_default=True,
@@ -125,6 +137,7 @@ def serve(
     # SQLite: one server per data dir, since the store hands back every lease left at start-up.
     lock = None if shared else _lock_data_dir(settings)
     from overnight.api.app import create_app
+    from overnight.api.connections import ConnectionLimits, guarded_protocol
     from overnight.backends.factory import router_from_settings
 
     if settings.open_mode:
@@ -135,7 +148,13 @@ def serve(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(
+            ConnectionLimits(
+                max_head_bytes=settings.max_head_bytes,
+                head_timeout_seconds=settings.head_timeout_seconds,
+                max_connections=settings.max_connections,
+            )
+        ),
         lifespan="on",
         log_level=log_level,
         access_log=log_level == "debug",

@@ -38,6 +38,13 @@ class NotFoundError(OvernightError):
     error_type = "not_found_error"
 
 
+class RequestTimeoutError(OvernightError):
+    """The client stopped sending its request; the connection is closed after the answer."""
+
+    status_code = 408
+    error_type = "timeout_error"
+
+
 class RequestTooLargeError(OvernightError):
     status_code = 413
     error_type = "request_too_large"
