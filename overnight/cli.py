@@ -81,6 +81,8 @@ def main() -> None:
               help="Seconds for a request line and headers to arrive (408 beyond; an idle new connection is closed).")
 @click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(min=1),
               help="Open client connections; one more is answered 503 and closed.")
+@click.option("--max-in-flight-requests", default=256, show_default=True, type=click.IntRange(min=1),
+              help="API requests handled at once; beyond, 529 overloaded_error with retry-after.")
 @click.option("--max-beta-features", default=32, show_default=True, type=click.IntRange(min=0),
               help="anthropic-beta features one call may name (400 beyond).")
 @click.option("--max-requests", default=100_000, show_default=True, type=click.IntRange(min=1),

@@ -43,6 +43,8 @@ class Settings:
     """A request line and headers must arrive within this (408, or closed if nothing came)."""
     max_connections: int = 1024
     """Open client connections; one more is answered 503 and closed."""
+    max_in_flight_requests: int = 256
+    """API requests handled at once; beyond, 529 overloaded_error with retry-after."""
     max_beta_features: int = 32
     """`anthropic-beta` features one call may name (each at most 128 characters); more is a 400."""
     max_requests: int = 100_000
