@@ -73,17 +73,3 @@ class OverloadedError(OvernightError):
     error_type = "overloaded_error"
     retryable = True
 
-
-ERRORS_BY_TYPE: dict[str, type[OvernightError]] = {
-    cls.error_type: cls
-    for cls in (
-        InvalidRequestError,
-        AuthenticationError,
-        PermissionDeniedError,
-        NotFoundError,
-        RequestTooLargeError,
-        RateLimitError,
-        ApiError,
-        OverloadedError,
-    )
-}
