@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from types import FrameType
@@ -36,7 +37,8 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(min=0, max=65535),
+              help="Port to listen on (0: any free one, named in the start-up log line).")
 @click.option("--data-dir", default="overnight-data", show_default=True, type=click.Path(path_type=Path),
               help="Directory for the SQLite database and any other state.")
 @click.option("--database", "database_url", default=None,
@@ -172,10 +174,12 @@ def serve(
         except OvernightError as exc:
             await router.aclose()
             raise click.ClickException(f"cannot start the backends: {exc.message}") from None
+        listening = _listening_socket(settings.host, settings.port)
         where = "PostgreSQL" if shared else settings.data_dir.resolve()
+        # The port bound, not the one asked for: with --port 0 this line is how a caller learns it.
         logger.info("overnight %s node serving on http://%s:%d (data in %s)", settings.role, settings.host,
-                    settings.port, where)
-        await server.serve()
+                    listening.getsockname()[1], where)
+        await server.serve(sockets=[listening])
 
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the handler that
     # was there before it; a no-op one there makes a clean shutdown exit 0, as a service manager expects.
@@ -186,6 +190,17 @@ def serve(
         lock.close()
     if not server.started:
         sys.exit(1)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:

@@ -10,7 +10,6 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import anthropic
 import httpx
