@@ -6,7 +6,6 @@ stopped with SIGTERM, then SIGKILL after a bounded wait: a benchmark never leave
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import socket
@@ -171,25 +170,6 @@ def overnight_server(
     return ChildServer([*command, *options], port=port, log_path=data_dir / "server.log")
 
 
-@functools.cache
-def serve_help() -> str:
-    """`overnight serve --help`, to find out which backends and options this checkout has."""
-    done = subprocess.run(
-        [PYTHON, "-m", "overnight", "serve", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env={**child_environment(), "COLUMNS": "200"},
-        timeout=60,
-        check=False,
-    )
-    return done.stdout
-
-
-def serve_has_option(option: str) -> bool:
-    return f"{option} " in serve_help() or f"{option}\n" in serve_help()
-
-
 class RssSampler:
     """`with RssSampler(pid) as rss:` polls VmRSS every few ms in a thread; `rss.peak` is the highest seen."""
 
@@ -220,11 +200,6 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, read_memory(self.pid).rss_bytes)
-
-
-def config_routing_available() -> bool:
-    """Whether this checkout's `overnight serve` takes a routing config (`--config FILE`)."""
-    return serve_has_option("--config")
 
 
 def write_router_config(path: Path, backend_name: str, backend: dict[str, str | int | float]) -> Path:

@@ -29,12 +29,11 @@ from bench._cli import Run, main, profile_summary
 from bench._process import (
     PYTHON,
     ChildServer,
-    config_routing_available,
     free_port,
     overnight_server,
     write_router_config,
 )
-from bench._report import Report, Row, pending, rate, seconds, verdict
+from bench._report import Report, Row, rate, seconds, verdict
 
 KEY = "a"
 TITLE = "efficiency on a capacity-limited upstream"
@@ -169,10 +168,6 @@ def run(bench: Run) -> Report:
         )
         details["direct asyncio client"] = direct.describe(slots, capacity)
         baseline = f"direct asyncio client: {rate(direct.rate, 'calls/s')}"
-        if not config_routing_available():
-            row = pending(KEY, label, target, "`overnight serve` has no --config for an anthropic backend yet")
-            row.baseline = baseline
-            return Report(KEY, TITLE, [row], details)
         drains: list[work.Drained] = []
 
         def drain() -> float:

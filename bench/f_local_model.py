@@ -33,7 +33,7 @@ import msgspec
 
 from bench import _workload as work
 from bench._cli import Run, add_repeats_argument, main, profile_summary
-from bench._process import config_routing_available, overnight_server, write_router_config
+from bench._process import overnight_server, write_router_config
 from bench._report import Report, Row, pending, rate, seconds, verdict
 
 KEY = "f"
@@ -169,10 +169,6 @@ def run(bench: Run) -> Report:
         import llama_cpp  # noqa: F401
     except ImportError:
         return Report(KEY, TITLE, [pending(KEY, label, target, "llama-cpp-python is not installed")])
-    if not config_routing_available():
-        return Report(
-            KEY, TITLE, [pending(KEY, label, target, "`overnight serve` has no --config for a local backend")]
-        )
     model = model_file(bench.work)
     config = write_router_config(
         bench.work / "routing.toml",

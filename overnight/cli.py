@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from types import FrameType
@@ -36,7 +37,8 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(min=0, max=65535),
+              help="Port to listen on (0: any free one, named in the start-up log line).")
 @click.option("--data-dir", default="overnight-data", show_default=True, type=click.Path(path_type=Path),
               help="Directory for the SQLite database and any other state.")
 @click.option("--database", "database_url", default=None,
@@ -71,6 +73,20 @@ def main() -> None:
                    "comma-separated). With none, any key is accepted.")
 @click.option("--max-body-bytes", default=256 * 1024 * 1024, show_default=True, type=click.IntRange(min=1),
               help="Largest create-batch body.")
+@click.option("--body-read-timeout", "body_read_timeout_seconds", default=30.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a request body may send nothing before it is answered 408.")
+@click.option("--max-head-bytes", default=64 * 1024, show_default=True, type=click.IntRange(min=1024),
+              help="Largest request line plus headers (431 beyond).")
+@click.option("--head-timeout", "head_timeout_seconds", default=10.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds for a request line and headers to arrive (408 beyond; an idle new connection is closed).")
+@click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="Open client connections; one more is answered 503 and closed.")
+@click.option("--max-in-flight-requests", default=256, show_default=True, type=click.IntRange(min=1),
+              help="API requests handled at once; beyond, 529 overloaded_error with retry-after.")
+@click.option("--max-beta-features", default=32, show_default=True, type=click.IntRange(min=0),
+              help="anthropic-beta features one call may name (400 beyond).")
 @click.option("--max-requests", default=100_000, show_default=True, type=click.IntRange(min=1),
               help="Most requests in one batch.")
 @click.option("--batch-ttl", "batch_ttl_seconds", default=86_400.0, show_default=True,
@@ -125,6 +141,7 @@ def serve(
     # SQLite: one server per data dir, since the store hands back every lease left at start-up.
     lock = None if shared else _lock_data_dir(settings)
     from overnight.api.app import create_app
+    from overnight.api.connections import ConnectionLimits, guarded_protocol
     from overnight.backends.factory import router_from_settings
 
     if settings.open_mode:
@@ -135,7 +152,13 @@ def serve(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(
+            ConnectionLimits(
+                max_head_bytes=settings.max_head_bytes,
+                head_timeout_seconds=settings.head_timeout_seconds,
+                max_connections=settings.max_connections,
+            )
+        ),
         lifespan="on",
         log_level=log_level,
         access_log=log_level == "debug",
@@ -151,10 +174,12 @@ def serve(
         except OvernightError as exc:
             await router.aclose()
             raise click.ClickException(f"cannot start the backends: {exc.message}") from None
+        listening = _listening_socket(settings.host, settings.port)
         where = "PostgreSQL" if shared else settings.data_dir.resolve()
+        # The port bound, not the one asked for: with --port 0 this line is how a caller learns it.
         logger.info("overnight %s node serving on http://%s:%d (data in %s)", settings.role, settings.host,
-                    settings.port, where)
-        await server.serve()
+                    listening.getsockname()[1], where)
+        await server.serve(sockets=[listening])
 
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the handler that
     # was there before it; a no-op one there makes a clean shutdown exit 0, as a service manager expects.
@@ -165,6 +190,17 @@ def serve(
         lock.close()
     if not server.started:
         sys.exit(1)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:

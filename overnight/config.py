@@ -35,6 +35,18 @@ class Settings:
     api_keys: Mapping[str, str] = field(default_factory=dict)
     """API key → workspace. Empty means open mode: any key, one default workspace."""
     max_body_bytes: int = 256 * 1024 * 1024
+    body_read_timeout_seconds: float = 30.0
+    """A request body that sends nothing for this long is answered 408 and its connection closed."""
+    max_head_bytes: int = 64 * 1024
+    """Request line and headers together; longer is answered 431."""
+    head_timeout_seconds: float = 10.0
+    """A request line and headers must arrive within this (408, or closed if nothing came)."""
+    max_connections: int = 1024
+    """Open client connections; one more is answered 503 and closed."""
+    max_in_flight_requests: int = 256
+    """API requests handled at once; beyond, 529 overloaded_error with retry-after."""
+    max_beta_features: int = 32
+    """`anthropic-beta` features one call may name (each at most 128 characters); more is a 400."""
     max_requests: int = 100_000
     batch_ttl_seconds: float = 86_400.0
     results_retention_seconds: float = 29 * 86_400.0

@@ -38,6 +38,13 @@ class NotFoundError(OvernightError):
     error_type = "not_found_error"
 
 
+class RequestTimeoutError(OvernightError):
+    """The client stopped sending its request; the connection is closed after the answer."""
+
+    status_code = 408
+    error_type = "timeout_error"
+
+
 class RequestTooLargeError(OvernightError):
     status_code = 413
     error_type = "request_too_large"
@@ -66,17 +73,3 @@ class OverloadedError(OvernightError):
     error_type = "overloaded_error"
     retryable = True
 
-
-ERRORS_BY_TYPE: dict[str, type[OvernightError]] = {
-    cls.error_type: cls
-    for cls in (
-        InvalidRequestError,
-        AuthenticationError,
-        PermissionDeniedError,
-        NotFoundError,
-        RequestTooLargeError,
-        RateLimitError,
-        ApiError,
-        OverloadedError,
-    )
-}

@@ -6,6 +6,7 @@ which errors to raise); it never waits for a model.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
@@ -18,6 +19,8 @@ from overnight.protocol.batches import batch_object, decode_create_body, deleted
 from overnight.store import BatchRecord, QueueFullError, Store, UnknownCursorError
 from overnight.store.records import CANCELING, ENDED
 from overnight.timestamps import MICROS, now_micros
+
+logger = logging.getLogger(__name__)
 
 
 class WorkListener(Protocol):
@@ -57,7 +60,12 @@ class BatchService:
                 retry_after_seconds=30,
             ) from None
         if self.listener:
-            self.listener.batch_created(record.seq, betas)
+            # The batch is committed: a failure to wake the scheduler must not turn this into a 5xx (the
+            # SDKs would retry the create and store it twice); the scheduler's poll finds it anyway.
+            try:
+                self.listener.batch_created(record.seq, betas)
+            except Exception:
+                logger.exception("batch %s stored, but the scheduler was not told", record.id)
         return batch_object(record, public_base_url)
 
     async def retrieve(self, workspace: str, batch_id: str, public_base_url: str) -> dict[str, Any]:

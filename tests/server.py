@@ -1,13 +1,15 @@
 """Run the real overnight server as a subprocess, the way a user would start it.
 
-`ServerProcess` picks a free port on 127.0.0.1, starts `python -m overnight serve ...` with a data
-directory, waits until `/healthz` answers, and stops it with SIGTERM (asserting a clean exit) or kills
+`ServerProcess` starts `python -m overnight serve --port 0 ...` with a data directory (the server binds
+a free port itself and names it in its start-up log line, so no other process can take the port between
+a probe and the bind), waits until `/healthz` answers, and stops it with SIGTERM (asserting a clean exit) or kills
 it with SIGKILL (for crash-recovery tests). Its stdout/stderr go to log files inside the data directory.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,10 +24,12 @@ from tests.postgres import create_database, servers_use_postgres
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 20.0
+_SERVING_ON = re.compile(rb"serving on http://127\.0\.0\.1:(\d+)")
 SHUTDOWN_TIMEOUT_S = 15.0
 
 
 def free_port() -> int:
+    """A port nothing listens on now (for a peer that must be absent; a server we start picks its own)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -56,6 +60,7 @@ class ServerProcess:
         self.extra_env = dict(env or {})
         self.backend = backend
         self.port: int | None = None
+        self._asked_port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.database_args: list[str] = []
@@ -74,11 +79,10 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     def command(self) -> list[str]:
-        assert self.port is not None
         return [
             sys.executable, "-m", "overnight", "serve",
             "--host", "127.0.0.1",
-            "--port", str(self.port),
+            "--port", str(self._asked_port),
             "--data-dir", str(self.data_dir),
             *(["--backend", self.backend] if self.backend is not None else []),  # None: the server's default
             *self.database_args,
@@ -98,8 +102,10 @@ class ServerProcess:
         if servers_use_postgres() and not self.database_args and "--database" not in self.args:
             # One database per server, kept across its restarts, as its data dir is.
             self.database_args = ["--database", create_database()]
-        self.port = port or free_port()
+        self._asked_port = port or 0
+        self.port = None
         self.starts += 1
+        log_start = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
         with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
             banner = f"\n===== start #{self.starts}: {' '.join(self.command())}\n".encode()
             out.write(banner)
@@ -114,10 +120,10 @@ class ServerProcess:
                 cwd=REPO_ROOT,
                 env=self._environment(),
             )
-        self._wait_healthy(STARTUP_TIMEOUT_S if startup_timeout is None else startup_timeout)
+        self._wait_healthy(STARTUP_TIMEOUT_S if startup_timeout is None else startup_timeout, log_start)
         return self
 
-    def _wait_healthy(self, timeout: float) -> None:
+    def _wait_healthy(self, timeout: float, log_start: int) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout
         last_error = "no attempt"
@@ -128,6 +134,12 @@ class ServerProcess:
                     f"overnight server exited with code {code} during startup.\n"
                     f"command: {' '.join(self.command())}\nstderr:\n{_tail(self.stderr_path)}"
                 )
+            if self.port is None:
+                self.port = self._bound_port(log_start)
+                if self.port is None:
+                    last_error = "no 'serving on' line in its log yet"
+                    time.sleep(0.05)
+                    continue
             try:
                 response = httpx.get(f"{self.base_url}/healthz", timeout=1.0)
                 if response.status_code == 200 and response.json() == {"status": "ok"}:
@@ -141,6 +153,13 @@ class ServerProcess:
             f"overnight server did not become healthy within {timeout}s ({last_error}).\n"
             f"command: {' '.join(self.command())}\nstderr:\n{_tail(self.stderr_path)}"
         )
+
+    def _bound_port(self, log_start: int) -> int | None:
+        """The port this start's log line names (`... serving on http://127.0.0.1:PORT ...`)."""
+        with self.stderr_path.open("rb") as log:
+            log.seek(log_start)
+            found = _SERVING_ON.search(log.read())
+        return int(found.group(1)) if found else None
 
     def stop(self, *, timeout: float = SHUTDOWN_TIMEOUT_S, expect_code: int | None = 0) -> int:
         """SIGTERM, wait, and assert the process exited with `expect_code` (0; None: return it unchecked)."""

@@ -23,6 +23,7 @@ from overnight.api.errors import (
 )
 from overnight.api.middleware import RequestIdMiddleware
 from overnight.api.routes import routes, worker_routes
+from overnight.api.shedding import LoadShedder
 from overnight.config import Settings
 from overnight.engine import Scheduler
 from overnight.engine.calls import BackendCaller, BackendRouter, RetryPolicy
@@ -103,7 +104,10 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
 
     app = Starlette(
         routes=routes if settings.role != "worker" else worker_routes,
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(LoadShedder, limit=settings.max_in_flight_requests),
+        ],
         exception_handlers={
             OvernightError: handle_overnight_error,
             StoreUnavailableError: handle_store_unavailable,

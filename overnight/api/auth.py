@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections import deque
+from collections.abc import Mapping
 
 from starlette.requests import Request
 
@@ -29,13 +31,24 @@ def authenticate(request: Request, settings: Settings) -> str:
     key = api_key_of(request)
     if key is None:
         raise AuthenticationError("x-api-key header is required")
-    workspace = settings.api_keys.get(key)
+    workspace = _workspace_of(key, settings.api_keys)
     if workspace is None:
         raise AuthenticationError("invalid x-api-key")
     asked = request.headers.get("anthropic-workspace-id")
     if asked is not None and asked != workspace:
         raise PermissionDeniedError(f"This API key does not belong to workspace {asked!r}")
     return workspace
+
+
+def _workspace_of(key: str, api_keys: Mapping[str, str]) -> str | None:
+    """The key's workspace, compared against every configured key in constant time (no dict lookup,
+    no early exit), so response timing tells nothing about how much of a guess was right."""
+    given = key.encode()
+    found = None
+    for candidate, workspace in api_keys.items():
+        if hmac.compare_digest(candidate.encode(), given):
+            found = workspace
+    return found
 
 
 class RateLimiter:

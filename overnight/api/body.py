@@ -1,51 +1,75 @@
-"""Reading a request body under a size cap, without holding more than one copy of it."""
+"""Reading a request body as it arrives: capped in size, timed out when the client stops sending.
+
+Memory follows what was received, never what `content-length` promises: a client that declares 60 MB
+and sends nothing costs nothing but its connection, and that only until the read timeout.
+"""
 
 from __future__ import annotations
 
-from starlette.requests import Request
+import asyncio
+from collections.abc import AsyncIterator
 
-from overnight.exceptions import RequestTooLargeError
+from starlette.requests import ClientDisconnect, Request
+
+from overnight.config import Settings
+from overnight.exceptions import RequestTimeoutError, RequestTooLargeError
 
 # After refusing a body we keep reading (and dropping) this much more, so the client, which is
 # still sending, gets our 413 instead of a broken connection.
 _DRAIN_LIMIT_BYTES = 1 << 30
 
 
-async def read_capped_body(request: Request, limit: int) -> bytearray:
+async def read_body(request: Request, settings: Settings) -> bytearray:
+    """The body under the server's size cap and read timeout."""
+    return await read_capped_body(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
+
+
+async def read_capped_body(request: Request, limit: int, timeout_seconds: float) -> bytearray:
+    """The whole body, or `RequestTooLargeError` past `limit` bytes, or `RequestTimeoutError` when no
+    byte arrives for `timeout_seconds`."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        size = int(declared)
-        if size > limit:
-            await _drain(request)
-            raise _too_large(limit)
-        body = bytearray(size)
-        view = memoryview(body)
-        filled = 0
-        async for chunk in request.stream():
-            end = filled + len(chunk)
-            if end > size:
-                raise RequestTooLargeError("Request body is longer than its content-length")
-            view[filled:end] = chunk
-            filled = end
-        view.release()
-        del body[filled:]
-        return body
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        await _drain(request, timeout_seconds)
+        raise _too_large(limit)
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in _chunks(request, timeout_seconds):
         body += chunk
         if len(body) > limit:
-            await _drain(request)
+            await _drain(request, timeout_seconds)
             raise _too_large(limit)
     return body
+
+
+async def _chunks(request: Request, timeout_seconds: float) -> AsyncIterator[bytes]:
+    """The body's chunks, each awaited for at most `timeout_seconds`."""
+    receive = request.receive
+    while True:
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"The request body did not arrive in time (no data for {timeout_seconds:g} s)"
+            ) from None
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
 
 
 def _too_large(limit: int) -> RequestTooLargeError:
     return RequestTooLargeError(f"Request body exceeds the maximum size of {limit} bytes")
 
 
-async def _drain(request: Request) -> None:
+async def _drain(request: Request, timeout_seconds: float) -> None:
     drained = 0
-    async for chunk in request.stream():
-        drained += len(chunk)
-        if drained > _DRAIN_LIMIT_BYTES:
-            return
+    try:
+        async for chunk in _chunks(request, timeout_seconds):
+            drained += len(chunk)
+            if drained > _DRAIN_LIMIT_BYTES:
+                return
+    except (RequestTimeoutError, ClientDisconnect):
+        return

@@ -44,8 +44,27 @@ def public_base_url(request: Request, settings: Settings) -> str:
     return (settings.public_url or str(request.base_url)).rstrip("/")
 
 
-def beta_features(request: Request) -> list[str]:
+MAX_BETA_FEATURE_CHARS = 128
+
+
+def beta_features(request: Request, limit: int) -> list[str]:
     """The `anthropic-beta` features a call asks for (the header may repeat or list several), without
-    the Batches API's own, which every beta-client call carries and which a model call must not get."""
-    features = [feature.strip() for value in request.headers.getlist("anthropic-beta") for feature in value.split(",")]
-    return [feature for feature in dict.fromkeys(features) if feature and not feature.startswith("message-batches-")]
+    the Batches API's own, which every beta-client call carries and which a model call must not get.
+
+    Bounded (at most `limit` features of `MAX_BETA_FEATURE_CHARS` each) because every request of a
+    batch merges them into its params again.
+    """
+    features: dict[str, None] = {}
+    for value in request.headers.getlist("anthropic-beta"):
+        for part in value.split(","):
+            feature = part.strip()
+            if not feature or feature.startswith("message-batches-"):
+                continue
+            if len(feature) > MAX_BETA_FEATURE_CHARS:
+                raise InvalidRequestError(
+                    f"anthropic-beta: a feature name is at most {MAX_BETA_FEATURE_CHARS} characters"
+                )
+            features[feature] = None
+            if len(features) > limit:
+                raise InvalidRequestError(f"anthropic-beta: at most {limit} features per request")
+    return list(features)

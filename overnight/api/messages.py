@@ -15,10 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from overnight.api.auth import authenticate
-from overnight.api.body import read_capped_body
+from overnight.api.body import read_body
 from overnight.api.context import beta_features, context_of, page_limit
 from overnight.api.responses import json_response
 from overnight.exceptions import InvalidRequestError, NotFoundError
+from overnight.protocol.decoding import decode_json
 from overnight.protocol.messages import MessageCreateParams, parse_params
 from overnight.timestamps import to_rfc3339
 
@@ -26,8 +27,8 @@ from overnight.timestamps import to_rfc3339
 async def create_message(request: Request) -> Response:
     context = context_of(request)
     authenticate(request, context.settings)
-    params = parse_params(await read_capped_body(request, context.settings.max_body_bytes))
-    message = await context.caller.call(params.with_betas(beta_features(request)))
+    params = parse_params(await read_body(request, context.settings))
+    message = await context.caller.call(params.with_betas(beta_features(request, context.settings.max_beta_features)))
     usage = message.get("usage")
     if isinstance(usage, dict):
         usage["service_tier"] = "standard"  # answered now, not as part of a batch
@@ -37,17 +38,14 @@ async def create_message(request: Request) -> Response:
 async def count_tokens(request: Request) -> Response:
     context = context_of(request)
     authenticate(request, context.settings)
-    params = _count_tokens_params(await read_capped_body(request, context.settings.max_body_bytes))
+    params = _count_tokens_params(await read_body(request, context.settings))
     backend = context.router.resolve(params.model)
     return json_response({"input_tokens": await backend.count_tokens(params)})
 
 
 def _count_tokens_params(body: bytes | bytearray) -> MessageCreateParams:
     """count_tokens takes the prompt without `max_tokens`; validate it as a Messages request that has one."""
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
+    data = decode_json(msgspec.json.decode, body)
     if not isinstance(data, dict):
         raise InvalidRequestError("Request body must be a JSON object")
     data.setdefault("max_tokens", 1)

@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from overnight.api import messages
 from overnight.api.auth import authenticate
-from overnight.api.body import read_capped_body
+from overnight.api.body import read_body
 from overnight.api.context import Context, beta_features, context_of, page_limit, public_base_url
 from overnight.api.responses import json_response
 
@@ -22,9 +22,10 @@ def _workspace(request: Request, context: Context) -> str:
 async def create_batch(request: Request) -> Response:
     context = context_of(request)
     workspace = _workspace(request, context)
-    body = await read_capped_body(request, context.settings.max_body_bytes)
+    betas = beta_features(request, context.settings.max_beta_features)
+    body = await read_body(request, context.settings)
     base_url = public_base_url(request, context.settings)
-    batch = await context.batches.create(workspace, body, base_url, betas=beta_features(request))
+    batch = await context.batches.create(workspace, body, base_url, betas=betas)
     return json_response(batch)
 
 

@@ -98,10 +98,9 @@ class BackendCaller:
                 if not error.retryable or attempt >= self.policy.max_attempts:
                     raise
                 delay = self.policy.delay(attempt, error.retry_after_seconds)
-                logger.info(
-                    "backend %s failed (%s: %s); retry %d in %.2fs",
-                    backend.name, error.error_type, error.message, attempt, delay,
-                )
+                # The message may quote the prompt (an upstream's error text), so only at debug.
+                logger.info("backend %s failed (%s); retry %d in %.2fs", backend.name, error.error_type, attempt, delay)
+                logger.debug("backend %s failure message: %s", backend.name, error.message)
                 attempt += 1
                 await asyncio.sleep(delay)
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import msgspec
 
 from overnight.exceptions import InvalidRequestError
+from overnight.protocol.decoding import decode_json
 from overnight.store.records import ENDED, BatchRecord
 from overnight.timestamps import to_rfc3339
 
@@ -34,12 +35,7 @@ def decode_create_body(body: bytes | bytearray, *, max_requests: int) -> list[tu
     Returns (custom_id, params) pairs; the params are `msgspec.Raw` views into `body`, not copies,
     which the store writes as they are (they support the buffer protocol).
     """
-    try:
-        decoded = _decode_create(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequestError(f"Invalid request body: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
+    decoded = decode_json(_decode_create, body)
     count = len(decoded.requests)
     if count == 0:
         raise InvalidRequestError("requests: must contain at least one request")

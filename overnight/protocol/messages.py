@@ -264,6 +264,8 @@ def parse_params(raw: bytes | bytearray | memoryview | str) -> MessageCreatePara
         params = MessageCreateParams.model_validate_json(bytes(raw) if isinstance(raw, memoryview) else raw)
     except ValidationError as exc:
         raise InvalidRequestError(describe_validation_error(exc)) from None
+    except (RecursionError, UnicodeDecodeError):  # pydantic reports both itself today; kept a 400 if not
+        raise InvalidRequestError("params: invalid JSON (nested too deeply or not UTF-8)") from None
     _check_consistency(params)
     return params
 

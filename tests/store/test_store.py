@@ -94,11 +94,20 @@ async def test_cancel_moves_only_pending_and_keeps_running_results(store: Store)
     assert_counts_add_up(canceling)
     # Running requests finish with their real results; then the batch ends.
     await store.complete_requests(
-        [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"ok\n") for i in leased], owner="me", now=9
+        [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"ok %s\n" % i.custom_id.encode()) for i in leased],
+        owner="me",
+        now=9,
     )
     ended = await store.get_batch("w", "msgbatch_a")
     assert ended is not None
     assert (ended.status, ended.succeeded, ended.canceled, ended.ended_at) == (ENDED, 4, 6, 9)
+    # By request id: exactly the leased ones kept their results, every other one is canceled.
+    ran = {i.custom_id for i in leased}
+    assert len(ran) == 4
+    assert await all_results(store, record.id) == b"".join(
+        b"ok r%d\n" % n if f"r{n}" in ran else b'{"custom_id":"r%d","result":{"type":"canceled"}}\n' % n
+        for n in range(10)
+    )
     assert await store.cancel_batch(record.seq, 10) is None  # not in progress any more
 
 
