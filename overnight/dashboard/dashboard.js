@@ -103,27 +103,30 @@ function fillStats(id, pairs) {
   }
 }
 
-function progressBar(counts, big = false) {
+const SEGMENTS = ["succeeded", "errored", "canceled", "expired"];
+
+function progressBar(counts) {
+  const outer = el("div", { className: "progress" });
+  setBar(outer, counts);
   const total = countsTotal(counts);
-  const done = total - counts.processing;
-  const outer = el("div", { className: big ? "progress big" : "progress" });
-  const bar = el("div", { className: "bar" });
-  setBar(bar, counts);
-  outer.append(bar);
-  const wrap = el("div", { className: "progress-cell" }, outer, el("span", { className: "hint", text: `${done}/${total}` }));
-  return wrap;
+  const label = el("span", { className: "hint", text: `${total - counts.processing}/${total}` });
+  return el("div", { className: "progress-cell" }, outer, label);
 }
 
-function setBar(bar, counts) {
+function setBar(outer, counts) {
+  // One segment per outcome, so errors show up while the batch is still running.
   const total = countsTotal(counts);
-  const done = total - counts.processing;
-  // The width is set through the CSSOM (allowed by the CSP), not through an inline style attribute.
-  bar.style.width = (total ? (100 * done) / total : 0).toFixed(1) + "%";
-  bar.classList.toggle("has-errors", counts.errored + counts.expired > 0);
-  bar.setAttribute("role", "progressbar");
-  bar.setAttribute("aria-valuemin", "0");
-  bar.setAttribute("aria-valuemax", String(total));
-  bar.setAttribute("aria-valuenow", String(done));
+  if (outer.children.length !== SEGMENTS.length) {
+    outer.replaceChildren(...SEGMENTS.map((type) => el("div", { className: "segment " + type })));
+  }
+  SEGMENTS.forEach((type, i) => {
+    // Widths go through the CSSOM (allowed by the CSP), not through an inline style attribute.
+    outer.children[i].style.width = (total ? (100 * counts[type]) / total : 0).toFixed(2) + "%";
+  });
+  outer.setAttribute("role", "progressbar");
+  outer.setAttribute("aria-valuemin", "0");
+  outer.setAttribute("aria-valuemax", String(total));
+  outer.setAttribute("aria-valuenow", String(total - counts.processing));
 }
 
 function countsTotal(counts) {
@@ -131,7 +134,12 @@ function countsTotal(counts) {
 }
 
 function when(timestamp) {
-  return timestamp ? new Date(timestamp).toLocaleString() : "—";
+  if (!timestamp) return "—";
+  // Local time as YYYY-MM-DD HH:MM:SS: unambiguous in every locale.
+  const t = new Date(timestamp);
+  const two = (n) => String(n).padStart(2, "0");
+  return `${t.getFullYear()}-${two(t.getMonth() + 1)}-${two(t.getDate())} ` +
+    `${two(t.getHours())}:${two(t.getMinutes())}:${two(t.getSeconds())}`;
 }
 
 function duration(seconds) {
