@@ -168,7 +168,8 @@ async def results_page(request: Request) -> Response:
 
 
 async def redirect_to_page(request: Request) -> Response:
-    return Response(status_code=308, headers={**_SECURITY_HEADERS, "location": "/ui"})
+    # Relative, like every path the page uses, so that a proxy's path prefix is kept.
+    return Response(status_code=308, headers={**_SECURITY_HEADERS, "location": "../ui"})
 
 
 dashboard_routes = [

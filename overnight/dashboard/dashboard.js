@@ -5,6 +5,7 @@
 
 const KEY_STORAGE = "overnight.apiKey";
 const POLL_MS = 1000;
+const RETRY_MS = 5000; // after a rate limit, an overload or a lost connection
 const RESULTS_PAGE_SIZE = 20;
 const BATCH_PAGE_SIZE = 50;
 
@@ -18,6 +19,7 @@ const state = {
   batch: null,
   resultsOffset: 0,
   resultsHasMore: false,
+  pollError: false,
   nextFlash: null, // shown once by the next route() (which otherwise clears old messages)
 };
 
@@ -41,7 +43,8 @@ async function api(method, path, body, key = apiKey()) {
   if (body !== undefined) headers["content-type"] = "application/json";
   let response;
   try {
-    response = await fetch(path, {
+    // Relative to the page ("./v1/..."), so the dashboard also works behind a proxy that adds a path prefix.
+    response = await fetch("." + path, {
       method,
       headers,
       body: body === undefined ? undefined : body,
@@ -253,9 +256,26 @@ function handleError(err) {
   flash(err.type ? `${err.type}: ${err.message}` : String(err));
 }
 
-function poll(fn) {
+function poll(fn, delay = POLL_MS) {
   clearTimeout(state.timer);
-  state.timer = setTimeout(fn, POLL_MS);
+  state.timer = setTimeout(fn, delay);
+}
+
+function transient(err) {
+  // Worth polling again: rate limited (the dashboard's calls count against the workspace's limit),
+  // overloaded, a server error, or no connection (a restart).
+  return err.status === 0 || err.status === 429 || err.status >= 500;
+}
+
+function pollFailed(err, fn) {
+  handleError(err);
+  state.pollError = true;
+  if (transient(err)) poll(fn, RETRY_MS);
+}
+
+function pollSucceeded() {
+  if (state.pollError) flash("");
+  state.pollError = false;
 }
 
 // --- the batch list -----------------------------------------------------------------------------
@@ -270,10 +290,11 @@ async function refreshList() {
       apiJson("GET", "/v1/overnight/usage"),
     ]);
   } catch (err) {
-    handleError(err);
+    if (state.route === null) pollFailed(err, refreshList);
     return;
   }
   if (state.route !== null) return;
+  pollSucceeded();
   renderUsage("workspace-usage", usage, [["Batches", number(usage.batches), "batches"]]);
   const rows = page.data.map((batch) => {
     const c = batch.request_counts;
@@ -381,10 +402,11 @@ async function refreshBatch(batchId) {
       apiJson("GET", `/v1/overnight/batches/${encodeURIComponent(batchId)}/usage`),
     ]);
   } catch (err) {
-    if (state.route === batchId) handleError(err);
+    if (state.route === batchId) pollFailed(err, () => refreshBatch(batchId));
     return;
   }
   if (state.route !== batchId) return;
+  pollSucceeded();
   const wasEnded = state.batch && state.batch.processing_status === "ended";
   state.batch = batch;
   renderBatch(batch, usage);

@@ -84,7 +84,7 @@ def test_page_needs_no_key_and_sets_security_headers(server: ServerProcess) -> N
     assert response.headers["request-id"].startswith("req_")
     _assert_security_headers(response)
     html = response.text
-    assert '<script src="/ui/assets/dashboard.js" defer></script>' in html
+    assert '<script src="ui/assets/dashboard.js" defer></script>' in html
     # No inline script or style and nothing from another origin (the CSP would block them anyway).
     assert not re.search(r"<script(?![^>]*\bsrc=)", html), "inline <script> in the page"
     assert " style=" not in html and "<style" not in html
@@ -128,7 +128,9 @@ def test_unknown_asset_is_a_404_envelope(server: ServerProcess) -> None:
 
 def test_trailing_slash_redirects_to_the_page(server: ServerProcess) -> None:
     response = httpx.get(f"{server.base_url}/ui/")
-    assert response.status_code == 308 and response.headers["location"] == "/ui"
+    assert response.status_code == 308 and response.headers["location"] == "../ui"
+    followed = httpx.get(f"{server.base_url}/ui/", follow_redirects=True)
+    assert followed.status_code == 200 and followed.url.path == "/ui"
 
 
 def test_worker_node_has_no_dashboard(server_factory: Callable[..., ServerProcess], postgres_url: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -34,6 +35,7 @@ def _missing(reason: str) -> NoReturn:
     message = f"dashboard browser test cannot run: {reason} (run scripts/install-chromium)"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
+    warnings.warn(message, pytest.PytestWarning, stacklevel=2)  # loud: in the warnings summary, not only -rs
     pytest.skip(message)
 
 
