@@ -411,9 +411,13 @@ async function refreshBatch(batchId) {
   state.batch = batch;
   renderBatch(batch, usage);
   const ended = batch.processing_status === "ended";
-  show("results-pending", !ended);
-  show("results-panel", ended && batch.archived_at === null);
-  if (ended && !wasEnded) await loadResults();
+  const archived = batch.archived_at !== null;
+  $("results-pending").textContent = archived
+    ? `The results were archived on ${when(batch.archived_at)} and are no longer available.`
+    : "Results are available once the batch has ended.";
+  show("results-pending", !ended || archived);
+  show("results-panel", ended && !archived);
+  if (ended && !archived && !wasEnded) await loadResults();
   if (!ended) poll(() => refreshBatch(batchId));
 }
 

@@ -130,17 +130,18 @@ def _assert_no_page_errors(driver: Any) -> None:
     assert not bad, "errors in the browser console:\n" + "\n".join(bad)
 
 
-def _sign_in(driver: Any, server: ServerProcess) -> None:
+def _sign_in(driver: Any, server: ServerProcess, *, wrong_key_first: bool = True) -> None:
     driver.get(f"{server.base_url}/ui")
     _wait(driver, lambda d: _visible(d, "sign-in-view"), "the sign-in form")
     assert not _visible(driver, "list-view")
 
     key_input = _by_id(driver, "api-key")
-    key_input.send_keys("not-the-key")
-    _by_id(driver, "sign-in").click()
-    _wait(driver, lambda d: _visible(d, "sign-in-error"), "the refusal of a wrong key")
-    assert "not accepted" in _by_id(driver, "sign-in-error").text
-    assert driver.execute_script("return sessionStorage.length") == 0
+    if wrong_key_first:
+        key_input.send_keys("not-the-key")
+        _by_id(driver, "sign-in").click()
+        _wait(driver, lambda d: _visible(d, "sign-in-error"), "the refusal of a wrong key")
+        assert "not accepted" in _by_id(driver, "sign-in-error").text
+        assert driver.execute_script("return sessionStorage.length") == 0
 
     key_input.clear()
     key_input.send_keys(KEY)
@@ -179,6 +180,14 @@ def test_sign_in_submit_watch_results_cancel_delete(
     _submit(driver, bad)
     _wait(driver, lambda d: "line 3" in _by_id(d, "submit-status").text, "the bad file's line to be named")
     assert "Nothing was sent" in _by_id(driver, "submit-status").text
+    not_json = tmp_path / "not-json.jsonl"
+    not_json.write_text(json.dumps(request("fine")) + "\n{oops\n")
+    _submit(driver, not_json)
+    _wait(driver, lambda d: "line 2: not valid JSON" in _by_id(d, "submit-status").text, "the broken line named")
+    # One the browser cannot judge (custom_id's allowed characters) is refused by the server, in its words.
+    _submit(driver, _write_jsonl(tmp_path / "bad-id.jsonl", [request("has a space")]))
+    _wait(driver, lambda d: "refused" in _by_id(d, "submit-status").text, "the server's refusal")
+    assert "invalid_request_error" in _by_id(driver, "submit-status").text
     assert list(sdk.messages.batches.list()) == []
 
     # 20 answers and 4 errors (the fake backend errors a missing max_tokens), submitted from the browser.
@@ -344,3 +353,44 @@ def test_open_mode_needs_no_sign_in(
     assert "3/3" in driver.find_element("css selector", f"#batches tr[data-batch-id='{batch.id}']").text
     assert _stat(driver, "workspace-usage", "batches") != "0"
     _assert_no_page_errors(driver)
+
+
+def test_batch_page_rides_out_a_server_restart(
+    driver: Any, server_factory: Callable[..., ServerProcess], make_client: Callable[..., anthropic.Anthropic]
+) -> None:
+    proc = server_factory("--api-key", f"{KEY}:team", "--fake-latency-ms", "150", "--concurrency", "2")
+    sdk = make_client(proc, api_key=KEY)
+    batch = sdk.messages.batches.create(requests=make_requests(300, prefix="restart"))  # type: ignore[arg-type]
+    _sign_in(driver, proc, wrong_key_first=False)
+    driver.get(f"{proc.base_url}/ui#/batches/{batch.id}")
+    _wait(driver, lambda d: _by_id(d, "batch-status").text == "in_progress", "the running batch's page")
+
+    proc.stop()
+    _wait(driver, lambda d: "could not be reached" in _by_id(d, "flash").text, "the lost connection to show")
+    done_before = int(_by_id(driver, "batch-progress").get_attribute("aria-valuenow"))
+    proc.restart(same_port=True)  # same origin: the tab keeps its key
+    # Polling resumes by itself (every 5 s while the server is away): the message goes, progress moves on.
+    _wait(driver, lambda d: not _visible(d, "flash"), "the page to reconnect")
+    _wait(
+        driver,
+        lambda d: int(_by_id(d, "batch-progress").get_attribute("aria-valuenow")) > done_before,
+        "progress after the restart",
+    )
+    sdk.messages.batches.cancel(batch.id)
+    _wait(driver, lambda d: _by_id(d, "batch-status").text == "ended", "the canceled batch to end")
+
+
+def test_archived_batch_says_its_results_are_gone(
+    driver: Any, server_factory: Callable[..., ServerProcess], make_client: Callable[..., anthropic.Anthropic]
+) -> None:
+    proc = server_factory("--results-retention", "1", "--sweep-interval", "0.2")  # open mode
+    sdk = make_client(proc)
+    batch = sdk.messages.batches.create(requests=make_requests(2, prefix="old"))  # type: ignore[arg-type]
+    wait_for_end(sdk, batch.id, total=2)
+    _wait(driver, lambda d: sdk.messages.batches.retrieve(batch.id).archived_at is not None, "archival")
+    driver.get(f"{proc.base_url}/ui#/batches/{batch.id}")
+    _wait(driver, lambda d: _by_id(d, "batch-status").text == "ended", "the archived batch's page")
+    assert "archived" in _by_id(driver, "results-pending").text
+    assert not _visible(driver, "results-panel")
+    assert not _by_id(driver, "download-results").is_enabled()
+    assert _stat(driver, "batch-counts", "succeeded") == "2"
