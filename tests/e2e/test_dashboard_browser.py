@@ -85,7 +85,7 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
     """Keys configured; 150 ms per request, two at a time: a dozen requests take about a second."""
     proc = start_server(
         tmp_path_factory.mktemp("browser"),
-        ["--api-key", f"{KEY}:team", "--fake-latency-ms", "150", "--concurrency", "2"],
+        ["--api-key", f"{KEY}:team", "--fake-latency-ms", "150", "--concurrency", "2", "--log-level", "debug"],
     )
     yield proc
     proc.terminate_quietly()
@@ -329,6 +329,11 @@ def test_sign_in_submit_watch_results_cancel_delete(
     assert driver.find_elements("css selector", f"#batches tr[data-batch-id='{batch_id}']")
 
     _assert_no_page_errors(driver)
+    # The server's logs (its access log included, at debug) never saw the key: only the harness's start
+    # banner, which shows the command line, names it.
+    logs = keyed_server.stdout_path.read_text() + keyed_server.stderr_path.read_text()
+    assert f"GET /v1/overnight/batches/{batch_id}/results?" in logs, "no access log to check"
+    assert not [line for line in logs.splitlines() if KEY in line and not line.startswith("===== start")]
     _by_id(driver, "sign-out").click()
     _wait(driver, lambda d: _visible(d, "sign-in-view"), "the sign-in form after signing out")
     assert driver.execute_script("return sessionStorage.length") == 0
