@@ -236,6 +236,15 @@ async function route() {
       state.route = batchId;
       state.batch = null;
       state.resultsOffset = 0;
+      // Nothing of the previous batch may show under this one's id while it loads (or if it is unknown).
+      $("batch-id").textContent = batchId;
+      $("batch-status").textContent = "";
+      for (const box of ["batch-counts", "batch-timings", "batch-usage"]) $(box).replaceChildren();
+      $("batch-progress").replaceChildren();
+      $("batch-progress-text").textContent = "";
+      show("results-panel", false);
+      show("results-pending", false);
+      for (const button of ["cancel-batch", "delete-batch", "download-results"]) $(button).disabled = true;
       $("result-type").value = "";
       $("custom-id-filter").value = "";
     }
@@ -250,6 +259,7 @@ function handleError(err) {
   if (err.status === 401) {
     // The key was revoked or the server restarted with other keys: back to the sign-in form.
     sessionStorage.removeItem(KEY_STORAGE);
+    state.nextFlash = ["The server no longer accepts this API key; sign in again.", "error"];
     route();
     return;
   }

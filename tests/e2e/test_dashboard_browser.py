@@ -357,6 +357,9 @@ def test_open_mode_needs_no_sign_in(
     )
     assert "3/3" in driver.find_element("css selector", f"#batches tr[data-batch-id='{batch.id}']").text
     assert _stat(driver, "workspace-usage", "batches") != "0"
+    driver.get(f"{server.base_url}/ui#/batches/msgbatch_000000000000000000000000")
+    _wait(driver, lambda d: "not_found_error" in _by_id(d, "flash").text, "the unknown batch's error")
+    assert _by_id(driver, "batch-status").text == "" and not _visible(driver, "results-panel")
     _assert_no_page_errors(driver)
 
 
