@@ -82,10 +82,10 @@ def driver(downloads: Path) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Keys configured; 150 ms per request, two at a time: a dozen requests take about a second."""
+    """Keys configured; 300 ms per request, two at a time: 24 requests take at least 3.6 s, long enough to watch."""
     proc = start_server(
         tmp_path_factory.mktemp("browser"),
-        ["--api-key", f"{KEY}:team", "--fake-latency-ms", "150", "--concurrency", "2", "--log-level", "debug"],
+        ["--api-key", f"{KEY}:team", "--fake-latency-ms", "300", "--concurrency", "2", "--log-level", "debug"],
     )
     yield proc
     proc.terminate_quietly()
@@ -281,7 +281,7 @@ def test_sign_in_submit_watch_results_cancel_delete(
     assert _by_id(driver, "result-text").text == "the answer to question 17 is long enough to read"
     _by_id(driver, "result-close").click()
 
-    # Cancel another batch while it runs (400 requests at ~13/s would take half a minute).
+    # Cancel another batch while it runs (400 requests at ~7/s would take a minute).
     long_batch = sdk.messages.batches.create(requests=make_requests(400, prefix="long"))  # type: ignore[arg-type]
     driver.get(f"{keyed_server.base_url}/ui#/")
     _wait(
