@@ -14,6 +14,7 @@ from starlette.requests import ClientDisconnect
 
 from overnight.api.auth import RateLimiter
 from overnight.api.context import Context
+from overnight.api.dashboard import dashboard_routes
 from overnight.api.errors import (
     handle_client_disconnect,
     handle_http_exception,
@@ -103,7 +104,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
             store.close()
 
     app = Starlette(
-        routes=routes if settings.role != "worker" else worker_routes,
+        routes=[*routes, *dashboard_routes] if settings.role != "worker" else worker_routes,
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(LoadShedder, limit=settings.max_in_flight_requests),
