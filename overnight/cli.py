@@ -1,4 +1,4 @@
-"""The command line: `overnight serve` (also `python -m overnight serve`)."""
+"""The command line: `overnight serve` (also `python -m overnight serve`) and `overnight batches ...`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import click
 import uvicorn
 import uvloop
 
+from overnight.client.commands import batches
 from overnight.config import (
     ROLES,
     Settings,
@@ -32,6 +33,9 @@ logger = logging.getLogger("overnight")
 @click.version_option(package_name="overnight")
 def main() -> None:
     """overnight: a self-hosted server for Anthropic's Message Batches API."""
+
+
+main.add_command(batches)  # `overnight batches ...`: the client side, in overnight/client/
 
 
 @main.command()
