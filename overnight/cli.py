@@ -65,7 +65,7 @@ main.add_command(batches)  # `overnight batches ...`: the client side, in overni
 @click.option("--upstream-max-concurrency", default=None, type=click.IntRange(min=1),
               help="Most calls at once to the upstream (lowered automatically on 429s).")
 @click.option("--model-path", default=None, type=click.Path(path_type=Path, dir_okay=False),
-              help="GGUF file for --backend local (default: Gemma 3 270M, shipped on PyPI).")
+              help="GGUF file for --backend local (default: SmolLM2-135M-Instruct, shipped on PyPI).")
 @click.option("--local-instances", default=1, show_default=True, type=click.IntRange(min=1),
               help="Copies of the local model, each running one request at a time.")
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(min=1),

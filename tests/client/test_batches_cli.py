@@ -305,7 +305,7 @@ def test_results_to_stdout_and_to_a_file_are_the_servers_jsonl(
     assert {line["custom_id"] for line in lines} == {"capital", "arithmetic", "haiku", "colors"}
     by_id = {line["custom_id"]: line["result"] for line in lines}
     # The fake backend echoes the question: the text shows the right line went to the right id.
-    assert by_id["capital"]["message"]["content"][0]["text"] == "What is the capital of France?"
+    assert by_id["capital"]["message"]["content"][0]["text"] == "What is the capital of France? Answer in one sentence."
 
     output = tmp_path / "out.jsonl"
     written = cli("results", batch_id, "-o", str(output))
