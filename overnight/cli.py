@@ -1,4 +1,4 @@
-"""The command line: `overnight serve` (also `python -m overnight serve`)."""
+"""The command line: `overnight serve` (also `python -m overnight serve`) and `overnight batches ...`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import click
 import uvicorn
 import uvloop
 
+from overnight.client.commands import batches
 from overnight.config import (
     ROLES,
     Settings,
@@ -33,6 +34,9 @@ logger = logging.getLogger("overnight")
 @click.version_option(package_name="overnight")
 def main() -> None:
     """overnight: a self-hosted server for Anthropic's Message Batches API."""
+
+
+main.add_command(batches)  # `overnight batches ...`: the client side, in overnight/client/
 
 
 @main.command()
@@ -63,7 +67,7 @@ def main() -> None:
 @click.option("--upstream-max-concurrency", default=None, type=click.IntRange(min=1),
               help="Most calls at once to the upstream (lowered automatically on 429s).")
 @click.option("--model-path", default=None, type=click.Path(path_type=Path, dir_okay=False),
-              help="GGUF file for --backend local (default: Gemma 3 270M, shipped on PyPI).")
+              help="GGUF file for --backend local (default: SmolLM2-135M-Instruct, shipped on PyPI).")
 @click.option("--local-instances", default=1, show_default=True, type=click.IntRange(min=1),
               help="Copies of the local model, each running one request at a time.")
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(min=1),

@@ -164,7 +164,6 @@ def build_backend(name: str, spec: AnthropicSpec | OpenAISpec | LocalSpec | Fake
         from overnight.backends.local import LocalBackend
 
         return LocalBackend(
-            data_dir=data_dir,
             model_path=spec.model_path,
             instances=spec.instances,
             n_ctx=spec.n_ctx,

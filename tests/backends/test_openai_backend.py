@@ -1,6 +1,6 @@
-"""OpenAIBackend end to end against llama-cpp-python's own OpenAI-compatible server on the Gemma GGUF.
+"""OpenAIBackend end to end against llama-cpp-python's own OpenAI-compatible server on the default GGUF.
 
-The model is Gemma 3 270M (the pretrained one): the text it writes is real but not meaningful, so the
+The model is SmolLM2-135M-Instruct, prompted by that server with the GGUF's own chat template; the
 tests check what the backend owns — the round trip, stop reasons, usage and error mapping. That server
 reports `finish_reason: "stop"` without saying which stop string matched, so a stop sequence comes back
 as `end_turn` there (the backend uses only what the upstream reports; see the translation tests for

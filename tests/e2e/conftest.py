@@ -5,8 +5,7 @@ SDK with strict response validation (`make_client` from `tests/conftest.py`):
 
 - `start_overnight(*args, backend=...)`: start overnight servers for one module; each is stopped with
   SIGTERM at the end of the module and must exit 0, having shut its backends down without an error.
-- `gemma_model_path`: the packaged Gemma 3 270M GGUF, written once per session (from the backend tests'
-  fixtures), passed as `--model-path` so no server copies the 250 MB model again.
+- `local_model_path`: the default GGUF (SmolLM2-135M-Instruct, from the backend tests' fixtures).
 - `llama_server`: llama-cpp-python's own OpenAI-compatible server on that GGUF (backend tests' fixture).
 - `ProgrammableUpstream` / `programmable_upstream`: a real Anthropic-style HTTP upstream whose answers are
   scripted per prompt (the last user message's text): so many 429/529/500s, then a success. It records
@@ -32,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tests.api.helpers import counts_total, sdk_results, wait_for_end
-from tests.backends.conftest import gemma_data_dir, gemma_model_path, llama_server  # noqa: F401  (fixtures)
+from tests.backends.conftest import llama_server, local_model_path  # noqa: F401  (fixtures)
 from tests.backends.upstreams import Recorded, Reply, ScriptedUpstream
 from tests.server import ServerProcess
 

@@ -1,8 +1,8 @@
 """`--backend openai` end to end: overnight in front of llama-cpp-python's own OpenAI-compatible server.
 
-Two real servers on 127.0.0.1: `python -m llama_cpp.server` on the packaged Gemma 3 270M GGUF (it requires
-a bearer key) and `python -m overnight serve --backend openai --upstream-url ...`, driven by the SDK. The
-model writes real but not meaningful text, so the checks are on the round trip: text, usage, stop
+Two real servers on 127.0.0.1: `python -m llama_cpp.server` on the default SmolLM2-135M-Instruct GGUF (it
+requires a bearer key) and `python -m overnight serve --backend openai --upstream-url ...`, driven by the
+SDK. The checks are on the round trip: text, usage, stop
 reasons, the client's model name, and a wrong key becoming an errored result without retries.
 """
 
@@ -140,7 +140,7 @@ def test_stop_sequences_through_llama_cpp_server(client: anthropic.Anthropic) ->
     """llama-cpp-python applies the stop string but cannot say that it matched, so overnight says end_turn.
 
     Its server answers `finish_reason: "stop"` alike for an end-of-generation token, for the chat
-    format's own stop string (`<end_of_turn>\\n` for Gemma) and for a client's stop string, cuts the
+    format's own stop string (`<|im_end|>` for SmolLM2's ChatML) and for a client's stop string, cuts the
     text before the match and reports nothing else: no `stop_reason` field as vLLM has. Overnight never
     claims a stop sequence it cannot prove matched (see `_stop_reason`). That the stop string did act
     is shown by the same greedy request without it, whose text runs past where the stopped one ends.

@@ -1,0 +1,1 @@
+"""`overnight batches ...`: a command-line client for any Message Batches server, through the official SDK."""
