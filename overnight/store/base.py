@@ -668,7 +668,11 @@ class Store:
         events: list[dict[str, Any]] = []
         for row in conn.execute(select(batches).where(batches.c.seq.in_(seqs)).order_by(batches.c.seq)):
             record = BatchRecord(**row._mapping)
-            event = self.on_batch_ended(record)
+            try:
+                event = self.on_batch_ended(record)
+            except Exception:  # a bug building the event must not keep the batch from ending
+                logger.exception("building batch %s's webhook event failed; it ends without one", record.id)
+                continue
             if event is not None:
                 events.append(
                     {
