@@ -9,6 +9,8 @@ deduplicate by.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
 import random
 from collections.abc import Mapping
@@ -67,32 +69,43 @@ class WebhookSender:
         self.poll_interval_seconds = poll_interval_seconds
         self.max_in_flight = max_in_flight
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._retries: list[int] = []  # when retries this sender scheduled fall due (a heap), to wake then
+        self._attempt_done = asyncio.Event()
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.policy.timeout_seconds)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             try:
                 while True:
+                    self._attempt_done.clear()  # before leasing: an attempt that ends from here on wakes us
                     leased = await self._lease(self.max_in_flight - len(self._in_flight))
                     for delivery in leased:
                         task = asyncio.create_task(self._deliver(session, delivery), name="overnight-webhook")
                         self._in_flight.add(task)
-                        task.add_done_callback(self._in_flight.discard)
+                        task.add_done_callback(self._finished)
                     if leased and len(self._in_flight) < self.max_in_flight:
                         continue  # more may be due already
-                    # Wait for a slot or the next poll; a leased delivery needs no wake-up of its own.
-                    waiting = set(self._in_flight)
-                    if waiting:
-                        await asyncio.wait(
-                            waiting, timeout=self.poll_interval_seconds, return_when=asyncio.FIRST_COMPLETED
-                        )
-                    else:
-                        await asyncio.sleep(self.poll_interval_seconds)
+                    # Until an attempt ends (a free slot, maybe a retry to time), a retry falls due, or the
+                    # next poll (events queued by other nodes, retries scheduled by them).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._attempt_done.wait(), self._until_next_retry())
             finally:
                 # Deliveries cut short are leased until their lease lapses, then sent again (same id).
                 for task in self._in_flight:
                     task.cancel()
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._attempt_done.set()
+
+    def _until_next_retry(self) -> float:
+        now = now_micros()
+        while self._retries and self._retries[0] <= now:
+            heapq.heappop(self._retries)
+        if not self._retries:
+            return self.poll_interval_seconds
+        return min(self.poll_interval_seconds, (self._retries[0] - now) / MICROS)
 
     async def _lease(self, slots: int) -> list[LeasedDelivery]:
         if slots <= 0:
@@ -117,6 +130,7 @@ class WebhookSender:
         elif retry_at is None:
             logger.error("webhook %s given up after %d attempts: %s", delivery.event_id, delivery.attempt, error)
         else:
+            heapq.heappush(self._retries, retry_at)
             logger.warning(
                 "webhook %s attempt %d failed (%s); retrying in %.1fs",
                 delivery.event_id,
