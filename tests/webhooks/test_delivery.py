@@ -5,6 +5,7 @@ the official SDK as the client, and a real receiver on 127.0.0.1. Every event is
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import time
@@ -119,8 +120,9 @@ def test_failing_receiver_gets_retries_with_the_same_webhook_id(
         assert {attempt.body for attempt in attempts} == {attempts[0].body}
         for attempt in attempts:  # each attempt is signed afresh (its own timestamp), and verifies
             assert verified(secret, attempt)["data"]["id"] == batch.id
-        gaps = [later.at - earlier.at for earlier, later in zip(attempts, attempts[1:], strict=False)]
-        assert gaps[2] > gaps[0], f"no backoff between attempts: {gaps}"
+        # Backoff from 0.2 s, doubling, jittered to 50-100%: at least 0.1 s, 0.2 s, 0.4 s apart.
+        gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(attempts)]
+        assert all(gap >= least for gap, least in zip(gaps, (0.1, 0.2, 0.4), strict=True)), gaps
         assert_no_more(receiver, 4)  # the fourth one was answered 204: delivered, done
 
 
