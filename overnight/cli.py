@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import signal
@@ -17,7 +18,9 @@ import uvloop
 
 from overnight.client.commands import batches
 from overnight.config import (
+    DEFAULT_WORKSPACE,
     ROLES,
+    WEBHOOK_SECRET_ENV,
     Settings,
     api_keys_from_environment,
     database_url_from_environment,
@@ -26,6 +29,7 @@ from overnight.config import (
 )
 from overnight.exceptions import OvernightError
 from overnight.store import is_postgres, is_supported
+from overnight.webhooks.config import WebhookConfigError, resolve_webhook_targets
 
 logger = logging.getLogger("overnight")
 
@@ -111,6 +115,18 @@ main.add_command(batches)  # `overnight batches ...`: the client side, in overni
               type=click.IntRange(min=0), help="Batch-endpoint calls per workspace per minute (0: off).")
 @click.option("--max-queued-requests", default=0, show_default=True, type=click.IntRange(min=0),
               help="Unfinished requests per workspace before create answers 429 (0: off).")
+@click.option("--webhook-url", default=None,
+              help="POST a signed event here when a batch of the default workspace ends (see README).")
+@click.option("--webhook-secret", default=None, envvar=WEBHOOK_SECRET_ENV, show_envvar=True,
+              help="Standard Webhooks secret (whsec_ + base64) that signs --webhook-url's events.")
+@click.option("--webhook-timeout", "webhook_timeout_seconds", default=10.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help="Seconds a webhook receiver has to answer.")
+@click.option("--webhook-retry-base", "webhook_retry_base_seconds", default=5.0, show_default=True,
+              type=click.FloatRange(min=0), help="First webhook retry's delay in seconds (doubles per retry).")
+@click.option("--webhook-retry-max", "webhook_retry_max_seconds", default=3600.0, show_default=True,
+              type=click.FloatRange(min=0), help="Longest delay between webhook retries.")
+@click.option("--webhook-retry-window", "webhook_retry_window_seconds", default=86_400.0, show_default=True,
+              type=click.FloatRange(min=0), help="Seconds after a batch ends that its webhook is retried.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(
@@ -119,6 +135,8 @@ def serve(
     public_url: str | None,
     upstream_api_key: str | None,
     database_url: str | None,
+    webhook_url: str | None,
+    webhook_secret: str | None,
     **options: object,
 ) -> None:
     """Start the server on its embedded defaults (SQLite in --data-dir)."""
@@ -131,6 +149,16 @@ def serve(
         database_url=database_url or database_url_from_environment(),
         **options,  # type: ignore[arg-type]
     )
+    try:
+        webhooks = resolve_webhook_targets(
+            config_file=settings.config_file,
+            flag_url=webhook_url,
+            flag_secret=webhook_secret,
+            flag_workspace=DEFAULT_WORKSPACE,
+        )
+    except WebhookConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    settings = dataclasses.replace(settings, webhooks=webhooks)
     if settings.database_url is not None and not is_supported(settings.database_url):
         raise click.BadParameter(
             "use sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST:PORT/DB", param_hint="--database"

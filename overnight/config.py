@@ -7,9 +7,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from overnight.webhooks.config import WebhookTarget
+
 DEFAULT_WORKSPACE = "default"
 API_KEYS_ENV = "OVERNIGHT_API_KEYS"
 UPSTREAM_API_KEY_ENV = "OVERNIGHT_UPSTREAM_API_KEY"
+WEBHOOK_SECRET_ENV = "OVERNIGHT_WEBHOOK_SECRET"
 DATABASE_URL_ENV = "OVERNIGHT_DATABASE_URL"
 ROLES = ("all", "api", "worker")
 
@@ -60,6 +63,13 @@ class Settings:
     """Batch-endpoint calls per workspace per minute; 0 turns the limit off."""
     max_queued_requests: int = 0
     """Requests waiting per workspace before create answers 429; 0 turns the limit off."""
+    webhooks: Mapping[str, WebhookTarget] = field(default_factory=dict)
+    """Workspace → where its `message_batch.ended` events go (see `overnight.webhooks`)."""
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_retry_window_seconds: float = 86_400.0
+    """Failed deliveries are retried with backoff for this long after the event, then given up."""
 
     @property
     def open_mode(self) -> bool:

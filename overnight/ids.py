@@ -62,3 +62,8 @@ def request_id() -> str:
 
 def tool_use_id() -> str:
     return "toolu_" + _random_base62()
+
+
+def event_id() -> str:
+    """A webhook event's id, also its `webhook-id` header (the same on every retry)."""
+    return "evt_" + _random_base62()

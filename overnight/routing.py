@@ -117,6 +117,7 @@ class Route(_Spec):
 class RouterConfig(_Spec):
     backends: dict[str, BackendSpec] = Field(min_length=1)
     routes: list[Route] = Field(min_length=1)
+    workspaces: dict[str, Any] = Field(default_factory=dict)  # validated by overnight.webhooks.config
 
     @model_validator(mode="after")
     def _routes_name_backends(self) -> RouterConfig:

@@ -29,6 +29,7 @@ from overnight.config import Settings
 from overnight.engine import Scheduler
 from overnight.engine.calls import BackendCaller, BackendRouter, RetryPolicy
 from overnight.engine.sweeper import Sweeper
+from overnight.engine.webhooks import start_webhooks
 from overnight.exceptions import OvernightError
 from overnight.service import BatchService
 from overnight.store import StoreUnavailableError, open_store
@@ -90,14 +91,16 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
             started_at=now_micros(),
         )
         sweeping = asyncio.create_task(sweeper.run(), name="overnight-sweeper") if sweeper else None
+        sending = start_webhooks(store, settings, owner=scheduler.owner if scheduler is not None else None)
         if scheduler is not None:
             await scheduler.start()
         try:
             yield
         finally:
-            if sweeping is not None:
-                sweeping.cancel()
-                await asyncio.gather(sweeping, return_exceptions=True)
+            for task in (sweeping, sending):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if scheduler is not None:
                 await scheduler.stop()
             await router.aclose()

@@ -27,12 +27,15 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import ColumnElement, Connection, Engine, exists, func, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, func, select, update
 from sqlalchemy import exc as sa_exc
 
 from overnight.store.records import (
     CANCELED,
     CANCELING,
+    DELIVERED,
+    DELIVERY_FAILED,
+    DELIVERY_PENDING,
     ENDED,
     ERRORED,
     EXPIRED,
@@ -43,11 +46,22 @@ from overnight.store.records import (
     ActiveBatches,
     BatchRecord,
     Completion,
+    LeasedDelivery,
     LeasedRequest,
     NodeShare,
     Usage,
+    WebhookEvent,
 )
-from overnight.store.tables import TO_ARCHIVE, UNFINISHED, USAGE_COLUMNS, batches, nodes, requests
+from overnight.store.tables import (
+    DELIVERY_DUE,
+    TO_ARCHIVE,
+    UNFINISHED,
+    USAGE_COLUMNS,
+    batches,
+    nodes,
+    requests,
+    webhook_deliveries,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +148,9 @@ class Store:
         self.engine = engine
         self._writer = ThreadPoolExecutor(self._writer_threads, thread_name_prefix="store-write")
         self._reader = ThreadPoolExecutor(4, thread_name_prefix="store-read")
+        self.on_batch_ended: Callable[[BatchRecord], WebhookEvent | None] | None = None
+        """Called in the transaction that ends a batch (on a store thread): the webhook event to queue
+        with it, if the batch's workspace has a webhook. None: no events at all."""
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -501,6 +518,7 @@ class Store:
                     conn.rollback()
                     continue
                 self._add_counts(conn, seq, {EXPIRED: expired})
+                self._queue_ended_events(conn, [seq])
                 expired_ids.append(batch_id)
         return expired_ids
 
@@ -524,6 +542,69 @@ class Store:
                     conn.execute(requests.delete().where(requests.c.batch_seq == seq))
                     archived.append(batch_id)
         return archived
+
+    # --- webhooks: the sender's operations ----------------------------------------------------------
+
+    @writes
+    def lease_deliveries(self, limit: int, *, owner: str, now: int, lease_until: int) -> list[LeasedDelivery]:
+        """Lease up to `limit` due webhook deliveries, oldest due first, for one attempt each.
+
+        A lease moves `next_attempt_at` to `lease_until`: a sender that dies mid-attempt frees the row
+        by itself then. On PostgreSQL rows another node is leasing are skipped (SKIP LOCKED), and the
+        outer statement checks the row is still due, so two nodes never hold the same delivery."""
+        wd = webhook_deliveries.c
+        due = and_(DELIVERY_DUE, wd.next_attempt_at <= now)
+        picked = (
+            select(wd.id).where(due).order_by(wd.next_attempt_at, wd.id).limit(limit).with_for_update(skip_locked=True)
+        )
+        with self.engine.begin() as conn:
+            self._begin_write(conn)
+            rows = conn.execute(
+                update(webhook_deliveries)
+                .where(wd.id.in_(picked), due)
+                .values(lease_owner=owner, next_attempt_at=lease_until, attempts=wd.attempts + 1)
+                .returning(wd.id, wd.event_id, wd.workspace, wd.body, wd.attempts, wd.created_at)
+            ).all()
+        return sorted((LeasedDelivery(*row) for row in rows), key=lambda delivery: delivery.id)
+
+    @writes
+    def finish_delivery_attempt(
+        self,
+        delivery: LeasedDelivery,
+        *,
+        owner: str,
+        now: int,
+        error: str | None,
+        retry_at: int | None = None,
+    ) -> bool:
+        """Record one attempt: delivered (`error` None), to retry at `retry_at`, or given up (neither).
+
+        A compare-and-set on this lease (owner and attempt): False if the lease had lapsed and another
+        sender took the delivery meanwhile, which then records its own attempt."""
+        wd = webhook_deliveries.c
+        values: dict[str, Any] = {"lease_owner": None, "last_error": error[:500] if error else None}
+        if error is None:
+            values.update(status=DELIVERED, finished_at=now)
+        elif retry_at is None:
+            values.update(status=DELIVERY_FAILED, finished_at=now)
+        else:
+            values.update(next_attempt_at=retry_at)
+        with self.engine.begin() as conn:
+            self._begin_write(conn)
+            if error is None:
+                del values["last_error"]  # keep why earlier attempts failed
+            return bool(
+                conn.execute(
+                    update(webhook_deliveries)
+                    .where(
+                        wd.id == delivery.id,
+                        wd.status == DELIVERY_PENDING,
+                        wd.lease_owner == owner,
+                        wd.attempts == delivery.attempt,
+                    )
+                    .values(**values)
+                ).rowcount
+            )
 
     # --- nodes: who is alive, for caps shared across the cluster -------------------------------
 
@@ -571,11 +652,42 @@ class Store:
     def _end_if_done(self, conn: Connection, seqs: list[int], now: int) -> None:
         """End, exactly once, each of these batches that has nothing left to process."""
         if seqs:
-            conn.execute(
+            ended = conn.execute(
                 update(batches)
                 .where(batches.c.seq.in_(seqs), batches.c.processing == 0, batches.c.status != ENDED)
                 .values(status=ENDED, ended_at=now)
-            )
+                .returning(batches.c.seq)
+            ).scalars()
+            self._queue_ended_events(conn, sorted(ended))
+
+    def _queue_ended_events(self, conn: Connection, seqs: Sequence[int]) -> None:
+        """Queue the webhook events of batches this transaction ended, so they commit (or roll back)
+        together: an ended batch never misses its event, and no event announces an end that never was."""
+        if self.on_batch_ended is None or not seqs:
+            return
+        events: list[dict[str, Any]] = []
+        for row in conn.execute(select(batches).where(batches.c.seq.in_(seqs)).order_by(batches.c.seq)):
+            record = BatchRecord(**row._mapping)
+            try:
+                event = self.on_batch_ended(record)
+            except Exception:  # a bug building the event must not keep the batch from ending
+                logger.exception("building batch %s's webhook event failed; it ends without one", record.id)
+                continue
+            if event is not None:
+                events.append(
+                    {
+                        "event_id": event.event_id,
+                        "workspace": record.workspace,
+                        "batch_id": record.id,
+                        "body": event.body,
+                        "status": DELIVERY_PENDING,
+                        "attempts": 0,
+                        "created_at": record.ended_at,
+                        "next_attempt_at": record.ended_at,
+                    }
+                )
+        if events:
+            conn.execute(webhook_deliveries.insert(), events)
 
     def _hand_back(self, conn: Connection, which: ColumnElement[bool], *, attempt_delta: int, now: int) -> int:
         """Free the running requests `which` selects: to canceled in canceling batches (which lease no

@@ -101,3 +101,27 @@ class NodeShare(msgspec.Struct, frozen=True):
     def share_of(self, cap: int) -> int:
         """This worker's part of a cap split between all live workers (the parts add up to `cap`)."""
         return cap // self.nodes + (1 if self.rank < cap % self.nodes else 0)
+
+
+# States of a webhook delivery.
+DELIVERY_PENDING = "pending"
+DELIVERED = "delivered"
+DELIVERY_FAILED = "failed"
+
+
+class WebhookEvent(msgspec.Struct, frozen=True):
+    """An event to queue for a batch that ended: its id (the `webhook-id`) and the exact body to send."""
+
+    event_id: str
+    body: bytes
+
+
+class LeasedDelivery(msgspec.Struct, frozen=True):
+    """A webhook delivery this sender holds for one attempt (`attempt` is part of its lease token)."""
+
+    id: int
+    event_id: str
+    workspace: str
+    body: bytes
+    attempt: int
+    created_at: int

@@ -25,6 +25,7 @@ metadata = MetaData()
 # (a bound parameter cannot prove `status != 'ended'`).
 UNFINISHED = text("status != 'ended'")
 TO_ARCHIVE = text("status = 'ended' AND archived_at IS NULL")
+DELIVERY_DUE = text("status = 'pending'")
 USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 batches = Table(
@@ -89,4 +90,25 @@ nodes = Table(
     metadata,
     Column("owner", String(128), primary_key=True),
     Column("seen_at", BigInteger, nullable=False),
+)
+
+# Webhook events waiting to be sent (or sent, or given up on), queued in the transaction that ends their
+# batch. No foreign key: an event outlives its batch being deleted. A lease is `next_attempt_at` moved
+# past the attempt's timeout with `lease_owner` set, so a sender that dies frees the row by itself.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(40), nullable=False, unique=True),
+    Column("workspace", String(128), nullable=False),
+    Column("batch_id", String(40), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", BigInteger, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("lease_owner", String(128), nullable=True),
+    Column("last_error", String(500), nullable=True),
+    Column("finished_at", BigInteger, nullable=True),
+    Index("ix_webhook_deliveries_due", "next_attempt_at", sqlite_where=DELIVERY_DUE, postgresql_where=DELIVERY_DUE),
 )

@@ -207,7 +207,7 @@ def test_nodes_starting_together_migrate_once(node: Node, postgres_url: str) -> 
         thread.join(timeout=60)
     assert all(proc.running for proc in procs)
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005",)]
 
 
 def test_a_cluster_wide_cap_is_shared_by_the_workers(
