@@ -21,6 +21,7 @@ from overnight.api.errors import (
     handle_store_unavailable,
     handle_unexpected,
 )
+from overnight.api.metrics import MetricsMiddleware
 from overnight.api.middleware import RequestIdMiddleware
 from overnight.api.routes import routes, worker_routes
 from overnight.config import Settings
@@ -28,6 +29,7 @@ from overnight.engine import Scheduler
 from overnight.engine.calls import BackendCaller, BackendRouter, RetryPolicy
 from overnight.engine.sweeper import Sweeper
 from overnight.exceptions import OvernightError
+from overnight.metrics import Metrics
 from overnight.service import BatchService
 from overnight.store import StoreUnavailableError, open_store
 from overnight.timestamps import MICROS, now_micros
@@ -41,6 +43,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
     The router's backends must already be started (`await router.start()`, on the serving loop);
     the app closes them when it shuts down.
     """
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -54,6 +57,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
             router,
             RetryPolicy(max_attempts=settings.max_attempts, base_delay_seconds=settings.retry_base_delay_seconds),
             default_limit=settings.concurrency,
+            metrics=metrics,
         )
         scheduler = (
             Scheduler(
@@ -63,6 +67,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
                 lease_seconds=settings.lease_seconds,
                 sweep_interval_seconds=settings.sweep_interval_seconds,
                 results_retention_seconds=settings.results_retention_seconds,
+                metrics=metrics,
             )
             if settings.role in ("all", "worker")
             else None
@@ -75,17 +80,19 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
                 None,
                 interval_seconds=settings.sweep_interval_seconds,
                 retention_micros=int(settings.results_retention_seconds * MICROS),
+                metrics=metrics,
             )
             if scheduler is None
             else None
         )
         app.state.context = Context(
             settings=settings,
-            batches=BatchService(store, settings, scheduler),
+            batches=BatchService(store, settings, scheduler, metrics),
             rate_limiter=RateLimiter(settings.rate_limit_per_minute),
             caller=caller,
             router=router,
             started_at=now_micros(),
+            metrics=metrics,
         )
         sweeping = asyncio.create_task(sweeper.run(), name="overnight-sweeper") if sweeper else None
         if scheduler is not None:
@@ -103,7 +110,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
 
     app = Starlette(
         routes=routes if settings.role != "worker" else worker_routes,
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={
             OvernightError: handle_overnight_error,
             StoreUnavailableError: handle_store_unavailable,
