@@ -137,7 +137,8 @@ class _Collector:
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
         http = CounterMetricFamily(
-            "overnight_http_requests", "HTTP requests answered, by route template and status.",
+            "overnight_http_requests",
+            "HTTP requests answered, by route template and status.",
             labels=["method", "route", "status"],
         )
         for (method, route, status), count in sorted(m.http_requests.items()):
@@ -145,45 +146,60 @@ class _Collector:
         yield http
 
         finished = CounterMetricFamily(
-            "overnight_requests_finished", "Batch requests this node brought to their final result.",
+            "overnight_requests_finished",
+            "Batch requests this node brought to their final result.",
             labels=["result", "backend", "error_type"],
         )
         for labels, count in sorted(m.requests_finished.items()):
             finished.add_metric(list(labels), count)
         yield finished
 
-        yield CounterMetricFamily("overnight_batches_created", "Batches created through this node.",
-                                  value=m.batches_created)
+        yield CounterMetricFamily(
+            "overnight_batches_created", "Batches created through this node.", value=m.batches_created
+        )
         yield CounterMetricFamily("overnight_batches_ended", "Batches this node ended.", value=m.batches_ended)
-        yield GaugeMetricFamily("overnight_requests_running", "Requests this node's workers are running now.",
-                                value=m.requests_running)
+        yield GaugeMetricFamily(
+            "overnight_requests_running", "Requests this node's workers are running now.", value=m.requests_running
+        )
         if m.queue is not None:
             pending, leased = m.queue
-            yield GaugeMetricFamily("overnight_requests_pending",
-                                    "Requests waiting for a worker, in the whole database.", value=pending)
-            yield GaugeMetricFamily("overnight_requests_leased",
-                                    "Requests leased by some worker, in the whole database.", value=leased)
+            yield GaugeMetricFamily(
+                "overnight_requests_pending", "Requests waiting for a worker, in the whole database.", value=pending
+            )
+            yield GaugeMetricFamily(
+                "overnight_requests_leased", "Requests leased by some worker, in the whole database.", value=leased
+            )
         yield from _backend_families(m.backends)
 
 
 def _backend_families(backends: Mapping[str, BackendMeter]) -> Iterator[Metric]:
     calls = HistogramMetricFamily(
-        "overnight_backend_call_duration_seconds", "Backend calls (every attempt, failed ones too), by duration.",
+        "overnight_backend_call_duration_seconds",
+        "Backend calls (every attempt, failed ones too), by duration.",
         labels=["backend"],
     )
-    retries = CounterMetricFamily("overnight_backend_retries", "Backend calls tried again, by the error retried.",
-                                  labels=["backend", "error_type"])
-    tokens = CounterMetricFamily("overnight_tokens", "Tokens the backends reported for successful calls.",
-                                 labels=["backend", "type"])
-    in_flight = GaugeMetricFamily("overnight_backend_calls_in_flight", "Calls being made to the backend now.",
-                                  labels=["backend"])
-    waiting = GaugeMetricFamily("overnight_backend_calls_waiting", "Calls waiting for a free slot under the cap.",
-                                labels=["backend"])
-    limit = GaugeMetricFamily("overnight_backend_concurrency_limit",
-                              "Calls allowed at once now (lowered after 429s, regrown after successes).",
-                              labels=["backend"])
-    cap = GaugeMetricFamily("overnight_backend_concurrency_cap", "Calls allowed at once at most, on this node.",
-                            labels=["backend"])
+    retries = CounterMetricFamily(
+        "overnight_backend_retries",
+        "Backend calls tried again, by the error retried.",
+        labels=["backend", "error_type"],
+    )
+    tokens = CounterMetricFamily(
+        "overnight_tokens", "Tokens the backends reported for successful calls.", labels=["backend", "type"]
+    )
+    in_flight = GaugeMetricFamily(
+        "overnight_backend_calls_in_flight", "Calls being made to the backend now.", labels=["backend"]
+    )
+    waiting = GaugeMetricFamily(
+        "overnight_backend_calls_waiting", "Calls waiting for a free slot under the cap.", labels=["backend"]
+    )
+    limit = GaugeMetricFamily(
+        "overnight_backend_concurrency_limit",
+        "Calls allowed at once now (lowered after 429s, regrown after successes).",
+        labels=["backend"],
+    )
+    cap = GaugeMetricFamily(
+        "overnight_backend_concurrency_cap", "Calls allowed at once at most, on this node.", labels=["backend"]
+    )
     for name, meter in sorted(backends.items()):
         calls.add_metric([name], meter.calls.cumulative(), meter.calls.total_seconds)
         for error_type, count in sorted(meter.retries.items()):

@@ -50,9 +50,13 @@ def finished(result: str, backend: str = "", error_type: str = "") -> dict[str, 
 def test_a_batch_moves_every_count_by_what_it_did(server: ServerProcess, client: anthropic.Anthropic) -> None:
     before = scrape(server)
     valid = make_requests(5, prefix="metrics")
-    invalid = [{"custom_id": "no-max-tokens", "params": {"model": "claude-x", "messages": [{"role": "user",
-                                                                                          "content": "hi"}]}},
-               request("bad-temperature", temperature=7)]
+    invalid = [
+        {
+            "custom_id": "no-max-tokens",
+            "params": {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]},
+        },
+        request("bad-temperature", temperature=7),
+    ]
     batch = client.messages.batches.create(requests=[*valid, *invalid])  # type: ignore[arg-type]
     retrieves = 1
     while client.messages.batches.retrieve(batch.id).processing_status != "ended":
@@ -66,8 +70,10 @@ def test_a_batch_moves_every_count_by_what_it_did(server: ServerProcess, client:
     messages = [line.result.message for line in results.values() if line.result.type == "succeeded"]
     assert len(messages) == 5
     assert delta(before, after, "overnight_requests_finished_total", **finished("succeeded", "fake")) == 5
-    assert delta(before, after, "overnight_requests_finished_total",
-                 **finished("errored", "", "invalid_request_error")) == 2
+    assert (
+        delta(before, after, "overnight_requests_finished_total", **finished("errored", "", "invalid_request_error"))
+        == 2
+    )
     assert delta(before, after, "overnight_batches_created_total") == 1
     assert delta(before, after, "overnight_batches_ended_total") == 1
     input_tokens = sum(message.usage.input_tokens for message in messages)
@@ -83,10 +89,8 @@ def test_a_batch_moves_every_count_by_what_it_did(server: ServerProcess, client:
     # HTTP calls by route template and status; the raw path (with its batch id) is never a label.
     http = "overnight_http_requests_total"
     assert delta(before, after, http, method="POST", route="/v1/messages/batches", status="200") == 1
-    assert delta(before, after, http, method="GET", route="/v1/messages/batches/{batch_id}",
-                 status="200") == retrieves
-    assert delta(before, after, http, method="GET", route="/v1/messages/batches/{batch_id}/results",
-                 status="200") == 1
+    assert delta(before, after, http, method="GET", route="/v1/messages/batches/{batch_id}", status="200") == retrieves
+    assert delta(before, after, http, method="GET", route="/v1/messages/batches/{batch_id}/results", status="200") == 1
     assert delta(before, after, http, method="GET", route="", status="404") == 1
     assert delta(before, after, http, method="GET", route="/metrics", status="200") == 1  # the first scrape
     labels = {label for _, sample_labels in after for label in sample_labels}
@@ -125,8 +129,9 @@ def test_pending_and_running_while_a_batch_runs(
 def test_canceled_and_expired_requests_are_counted_once(
     server_factory: Callable[..., ServerProcess], make_client: Callable[..., anthropic.Anthropic]
 ) -> None:
-    proc = server_factory("--fake-latency-ms", "300", "--concurrency", "1", "--batch-ttl", "2",
-                          "--sweep-interval", "0.2")
+    proc = server_factory(
+        "--fake-latency-ms", "300", "--concurrency", "1", "--batch-ttl", "2", "--sweep-interval", "0.2"
+    )
     client = make_client(proc)
     before = scrape(proc)
     to_cancel = client.messages.batches.create(requests=make_requests(6, prefix="cancel"))  # type: ignore[arg-type]
@@ -151,8 +156,9 @@ def test_metrics_need_no_key_when_keys_are_configured(
     proc = server_factory("--api-key", "secret-key")
     assert httpx.get(f"{proc.base_url}/v1/messages/batches", timeout=10).status_code == 401
     samples = scrape(proc)  # no key sent
-    assert value(samples, "overnight_http_requests_total", method="GET", route="/v1/messages/batches",
-                 status="401") == 1
+    assert (
+        value(samples, "overnight_http_requests_total", method="GET", route="/v1/messages/batches", status="401") == 1
+    )
     assert "secret-key" not in httpx.get(f"{proc.base_url}/metrics", timeout=10).text
 
 
@@ -188,6 +194,10 @@ def test_a_worker_node_serves_metrics_of_the_requests_it_ran(
     assert value(worker_after, "overnight_backend_concurrency_cap", backend="fake") == 4
     # Both read the queue of the database they share.
     assert value(worker_after, "overnight_requests_pending") == value(api_after, "overnight_requests_pending") == 0
-    assert delta(worker_before, worker_after, "overnight_http_requests_total", method="GET", route="/metrics",
-                 status="200") == 1
+    assert (
+        delta(
+            worker_before, worker_after, "overnight_http_requests_total", method="GET", route="/metrics", status="200"
+        )
+        == 1
+    )
     assert httpx.get(f"{worker.base_url}/v1/messages/batches", timeout=10).status_code == 404
