@@ -15,9 +15,10 @@ import msgspec
 from overnight import ids
 from overnight.config import Settings
 from overnight.exceptions import InvalidRequestError, NotFoundError, RateLimitError
+from overnight.metrics import NO_BACKEND, Metrics
 from overnight.protocol.batches import batch_object, decode_create_body, deleted_object, page_object
 from overnight.store import BatchRecord, QueueFullError, Store, UnknownCursorError
-from overnight.store.records import CANCELING, ENDED
+from overnight.store.records import CANCELED, CANCELING, ENDED
 from overnight.timestamps import MICROS, now_micros
 
 logger = logging.getLogger(__name__)
@@ -32,10 +33,13 @@ class WorkListener(Protocol):
 
 
 class BatchService:
-    def __init__(self, store: Store, settings: Settings, listener: WorkListener | None = None) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, listener: WorkListener | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
         self.listener = listener
+        self.metrics = metrics or Metrics()
 
     async def create(
         self, workspace: str, body: bytes | bytearray, public_base_url: str, *, betas: Sequence[str] = ()
@@ -59,6 +63,7 @@ class BatchService:
                 "retry when some batches have ended",
                 retry_after_seconds=30,
             ) from None
+        self.metrics.batches_created += 1
         if self.listener:
             # The batch is committed: a failure to wake the scheduler must not turn this into a 5xx (the
             # SDKs would retry the create and store it twice); the scheduler's poll finds it anyway.
@@ -98,9 +103,18 @@ class BatchService:
         if canceled is None:
             # It ended or was canceled between our read and the write: answer from its new state.
             return await self.cancel(workspace, batch_id, public_base_url)
+        # Its pending requests were canceled just now (none could have been before), and with nothing
+        # running it ended too.
+        self.metrics.finished(CANCELED, NO_BACKEND, count=canceled.canceled)
+        if canceled.status == ENDED:
+            self.metrics.batches_ended += 1
         if self.listener:
             self.listener.batch_canceled(record.seq)
         return batch_object(canceled, public_base_url)
+
+    async def queue_counts(self) -> tuple[int, int]:
+        """(pending, leased) requests of every unfinished batch in the database, for `/metrics`."""
+        return await self.store.queue_counts()
 
     async def delete(self, workspace: str, batch_id: str) -> dict[str, Any]:
         record = await self._get(workspace, batch_id)

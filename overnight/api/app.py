@@ -22,6 +22,7 @@ from overnight.api.errors import (
     handle_store_unavailable,
     handle_unexpected,
 )
+from overnight.api.metrics import MetricsMiddleware
 from overnight.api.middleware import RequestIdMiddleware
 from overnight.api.routes import routes, worker_routes
 from overnight.api.shedding import LoadShedder
@@ -31,6 +32,7 @@ from overnight.engine.calls import BackendCaller, BackendRouter, RetryPolicy
 from overnight.engine.sweeper import Sweeper
 from overnight.engine.webhooks import start_webhooks
 from overnight.exceptions import OvernightError
+from overnight.metrics import Metrics
 from overnight.service import BatchService
 from overnight.store import StoreUnavailableError, open_store
 from overnight.timestamps import MICROS, now_micros
@@ -44,6 +46,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
     The router's backends must already be started (`await router.start()`, on the serving loop);
     the app closes them when it shuts down.
     """
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -57,6 +60,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
             router,
             RetryPolicy(max_attempts=settings.max_attempts, base_delay_seconds=settings.retry_base_delay_seconds),
             default_limit=settings.concurrency,
+            metrics=metrics,
         )
         scheduler = (
             Scheduler(
@@ -66,6 +70,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
                 lease_seconds=settings.lease_seconds,
                 sweep_interval_seconds=settings.sweep_interval_seconds,
                 results_retention_seconds=settings.results_retention_seconds,
+                metrics=metrics,
             )
             if settings.role in ("all", "worker")
             else None
@@ -78,17 +83,19 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
                 None,
                 interval_seconds=settings.sweep_interval_seconds,
                 retention_micros=int(settings.results_retention_seconds * MICROS),
+                metrics=metrics,
             )
             if scheduler is None
             else None
         )
         app.state.context = Context(
             settings=settings,
-            batches=BatchService(store, settings, scheduler),
+            batches=BatchService(store, settings, scheduler, metrics),
             rate_limiter=RateLimiter(settings.rate_limit_per_minute),
             caller=caller,
             router=router,
             started_at=now_micros(),
+            metrics=metrics,
         )
         sweeping = asyncio.create_task(sweeper.run(), name="overnight-sweeper") if sweeper else None
         sending = start_webhooks(store, settings, owner=scheduler.owner if scheduler is not None else None)
@@ -110,6 +117,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
         routes=[*routes, *dashboard_routes] if settings.role != "worker" else worker_routes,
         middleware=[
             Middleware(RequestIdMiddleware),
+            Middleware(MetricsMiddleware, metrics=metrics),
             Middleware(LoadShedder, limit=settings.max_in_flight_requests),
         ],
         exception_handlers={

@@ -10,6 +10,7 @@ from overnight.api.auth import RateLimiter
 from overnight.config import Settings
 from overnight.engine.calls import BackendCaller, BackendRouter
 from overnight.exceptions import InvalidRequestError
+from overnight.metrics import Metrics
 from overnight.service import BatchService
 
 
@@ -21,6 +22,7 @@ class Context:
     caller: BackendCaller
     router: BackendRouter
     started_at: int
+    metrics: Metrics
 
 
 def context_of(request: Request) -> Context:

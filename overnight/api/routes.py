@@ -10,6 +10,7 @@ from overnight.api import messages
 from overnight.api.auth import authenticate
 from overnight.api.body import read_body
 from overnight.api.context import Context, beta_features, context_of, page_limit, public_base_url
+from overnight.api.metrics import metrics_endpoint
 from overnight.api.responses import json_response
 
 
@@ -90,6 +91,7 @@ async def workspace_usage(request: Request) -> Response:
 
 routes = [
     Route("/healthz", health, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
     Route("/v1/messages/batches", create_batch, methods=["POST"]),
     Route("/v1/messages/batches", list_batches, methods=["GET"]),
     Route("/v1/messages/batches/{batch_id}", retrieve_batch, methods=["GET"]),
@@ -105,5 +107,5 @@ routes = [
     Route("/v1/overnight/usage", workspace_usage, methods=["GET"]),
 ]
 
-# A worker node serves no API: only its health (for a load balancer or an orchestrator's probe).
-worker_routes = [Route("/healthz", health, methods=["GET"])]
+# A worker node serves no API: only its health (for a load balancer or an orchestrator's probe) and metrics.
+worker_routes = [Route("/healthz", health, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +18,7 @@ from typing import Protocol
 from overnight.backends.base import Backend
 from overnight.engine.limits import AdaptiveLimit
 from overnight.exceptions import OvernightError, RateLimitError
+from overnight.metrics import Metrics
 from overnight.protocol.messages import MessageCreateParams
 from overnight.protocol.results import Message
 from overnight.store.records import NodeShare
@@ -68,12 +70,17 @@ class RetryPolicy:
 
 
 class BackendCaller:
-    def __init__(self, router: BackendRouter, policy: RetryPolicy, *, default_limit: int) -> None:
+    def __init__(
+        self, router: BackendRouter, policy: RetryPolicy, *, default_limit: int, metrics: Metrics | None = None
+    ) -> None:
         self.router = router
         self.policy = policy
         self.default_limit = default_limit
+        self.metrics = metrics or Metrics()
         self._limits: dict[int, AdaptiveLimit] = {}
         self._share = NodeShare(rank=0, nodes=1)
+        for backend in router.backends():
+            self._limit_for(backend)  # so that /metrics shows every backend's cap from the start
 
     async def call(self, params: MessageCreateParams, *, still_wanted: Callable[[], bool] | None = None) -> Message:
         """Call the routed backend, retrying what may succeed later.
@@ -83,20 +90,28 @@ class BackendCaller:
         """
         backend = self.router.resolve(params.model)
         limit = self._limit_for(backend)
+        meter = self.metrics.backend(backend.name)
         attempt = 1
         while True:
             try:
                 async with limit:
                     if still_wanted is not None and not still_wanted():
                         raise RequestWithdrawn
-                    message = await backend.create_message(params)
+                    started = time.perf_counter()
+                    try:
+                        message = await backend.create_message(params)
+                    finally:
+                        meter.calls.observe(time.perf_counter() - started)
                 limit.succeeded()
+                if isinstance(usage := message.get("usage"), dict):
+                    meter.used(usage)
                 return message
             except OvernightError as error:
                 if isinstance(error, RateLimitError):
                     limit.rate_limited()
                 if not error.retryable or attempt >= self.policy.max_attempts:
                     raise
+                meter.retried(error.error_type)
                 delay = self.policy.delay(attempt, error.retry_after_seconds)
                 # The message may quote the prompt (an upstream's error text), so only at debug.
                 logger.info("backend %s failed (%s); retry %d in %.2fs", backend.name, error.error_type, attempt, delay)
@@ -112,6 +127,7 @@ class BackendCaller:
             if backend.max_concurrency and backend.max_concurrency_scope == "cluster":
                 cap = self._share.share_of(backend.max_concurrency)
             self._limits[key] = AdaptiveLimit(cap)
+            self.metrics.backend(backend.name).cap = self._limits[key]
         return self._limits[key]
 
     def apply_node_share(self, share: NodeShare) -> None:

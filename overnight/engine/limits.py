@@ -49,6 +49,11 @@ class AdaptiveLimit:
         self.active -= 1
         self._admit()
 
+    @property
+    def waiting(self) -> int:
+        """Calls queued for a slot."""
+        return len(self._waiters)
+
     def _admit(self) -> None:
         while self._waiters and self.active < self.limit:
             waiter = self._waiters.popleft()

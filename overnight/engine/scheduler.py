@@ -23,9 +23,11 @@ from collections.abc import Sequence
 from itertools import chain, zip_longest
 from typing import Any
 
+from overnight.backends.base import Backend
 from overnight.engine.calls import BackendCaller, RequestWithdrawn
 from overnight.engine.sweeper import Sweeper
 from overnight.exceptions import ApiError, OvernightError, RateLimitError
+from overnight.metrics import NO_BACKEND, Metrics
 from overnight.protocol.messages import parse_params
 from overnight.protocol.results import RESULT_ERROR_TYPES, errored_line, succeeded_line
 from overnight.store import Completion, LeasedRequest, Store
@@ -55,9 +57,11 @@ class Scheduler:
         results_retention_seconds: float,
         max_lease_attempts: int = 5,
         shutdown_grace_seconds: float = 5.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.caller = caller
+        self.metrics = metrics or caller.metrics
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.max_lease_attempts = max_lease_attempts
@@ -68,6 +72,7 @@ class Scheduler:
             self,
             interval_seconds=sweep_interval_seconds,
             retention_micros=int(results_retention_seconds * MICROS),
+            metrics=self.metrics,
         )
 
         self._buffer: asyncio.Queue[LeasedRequest | None] = asyncio.Queue()
@@ -263,7 +268,11 @@ class Scheduler:
                 self._wake.set()
             while len(self._unwritten) >= _MAX_UNWRITTEN:
                 await asyncio.sleep(_FLUSH_INTERVAL_SECONDS)
-            completion = await self._run(item)
+            self.metrics.requests_running += 1
+            try:
+                completion = await self._run(item)
+            finally:
+                self.metrics.requests_running -= 1
             if completion is None:
                 self._held.pop(item.id, None)
             else:
@@ -291,27 +300,32 @@ class Scheduler:
                 ApiError(f"Request abandoned after {self.max_lease_attempts} attempts: "
                          "the worker running it stopped each time"),
             )
+        backend: Backend | None = None
         try:
             params = parse_params(item.params)
             if item.batch_seq in self._batch_betas:
                 params = params.with_betas(self._batch_betas[item.batch_seq])
+            backend = self.caller.router.resolve(params.model)  # for the metrics' label; a memo hit
             message = await self.caller.call(params, still_wanted=lambda: self._wanted(item))
         except RequestWithdrawn:
             return self._unwanted_outcome(item)
         except OvernightError as error:
-            return self._errored(item, error)
+            return self._errored(item, error, backend)
         except Exception:
             logger.exception("request %s of batch %s failed unexpectedly", item.custom_id, item.batch_seq)
-            return self._errored(item, ApiError("Internal error while running this request"))
+            return self._errored(item, ApiError("Internal error while running this request"), backend)
+        assert backend is not None
         return Completion(
             item.id, item.batch_seq, item.attempt, SUCCEEDED, succeeded_line(item.custom_id, message),
-            _usage_of(message),
+            _usage_of(message), backend.name,
         )
 
     @staticmethod
-    def _errored(item: LeasedRequest, error: OvernightError) -> Completion:
-        line = errored_line(item.custom_id, result_error_type(error), error.message)
-        return Completion(item.id, item.batch_seq, item.attempt, ERRORED, line)
+    def _errored(item: LeasedRequest, error: OvernightError, backend: Backend | None = None) -> Completion:
+        error_type = result_error_type(error)
+        line = errored_line(item.custom_id, error_type, error.message)
+        backend_name = backend.name if backend is not None else NO_BACKEND
+        return Completion(item.id, item.batch_seq, item.attempt, ERRORED, line, None, backend_name, error_type)
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -334,7 +348,7 @@ class Scheduler:
             return
         group, self._unwritten = self._unwritten, []
         try:
-            await self.store.complete_requests(group, owner=self.owner, now=now_micros())
+            completed = await self.store.complete_requests(group, owner=self.owner, now=now_micros())
         except Exception:
             logger.exception("writing %d results failed; retrying", len(group))
             self._unwritten[:0] = group
@@ -342,6 +356,10 @@ class Scheduler:
             return
         for completion in group:
             self._held.pop(completion.request_id, None)
+        # Counted as written: a result that lost its lease meanwhile (expired, recovered) is not one.
+        for completion in completed.written:
+            self.metrics.finished(completion.state, completion.backend, completion.error_type)
+        self.metrics.batches_ended += completed.batches_ended
         now = time.perf_counter()
         elapsed = max(now - self._last_flush_at, _FLUSH_INTERVAL_SECONDS)
         self._last_flush_at = now

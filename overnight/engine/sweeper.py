@@ -7,8 +7,9 @@ import logging
 from collections.abc import Awaitable
 from typing import Protocol
 
+from overnight.metrics import NO_BACKEND, Metrics
 from overnight.store import Store, StoreUnavailableError
-from overnight.store.records import ActiveBatches
+from overnight.store.records import EXPIRED, ActiveBatches
 from overnight.timestamps import now_micros
 
 logger = logging.getLogger(__name__)
@@ -33,10 +34,17 @@ class Sweeper:
     sweep, and at once whenever `poke` says another node created or canceled one."""
 
     def __init__(
-        self, store: Store, listener: SweepListener | None, *, interval_seconds: float, retention_micros: int
+        self,
+        store: Store,
+        listener: SweepListener | None,
+        *,
+        interval_seconds: float,
+        retention_micros: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.listener = listener
+        self.metrics = metrics or Metrics()
         self.interval_seconds = interval_seconds
         self.retention_micros = retention_micros
         self._poked = asyncio.Event()
@@ -60,8 +68,10 @@ class Sweeper:
 
     async def sweep_once(self) -> None:
         now = now_micros()
-        for batch_id in await self.store.expire_batches(now):
-            logger.info("batch %s expired", batch_id)
+        for batch_id, unfinished in await self.store.expire_batches(now):
+            logger.info("batch %s expired (%d requests unfinished)", batch_id, unfinished)
+            self.metrics.batches_ended += 1
+            self.metrics.finished(EXPIRED, NO_BACKEND, count=unfinished)
         for batch_id in await self.store.archive_batches(now, retention_micros=self.retention_micros):
             logger.info("batch %s archived", batch_id)
         active = await self.refresh()

@@ -8,7 +8,7 @@ from overnight.store.base import (
     UnknownCursorError,
     UnsupportedDatabaseError,
 )
-from overnight.store.records import BatchRecord, Completion, LeasedRequest, Usage
+from overnight.store.records import BatchRecord, Completed, Completion, LeasedRequest, Usage
 
 
 def is_postgres(url: str) -> bool:
@@ -37,6 +37,7 @@ def open_store(url: str) -> Store:
 
 __all__ = [
     "BatchRecord",
+    "Completed",
     "Completion",
     "LeasedRequest",
     "QueueFullError",

@@ -45,6 +45,7 @@ from overnight.store.records import (
     SUCCEEDED,
     ActiveBatches,
     BatchRecord,
+    Completed,
     Completion,
     LeasedDelivery,
     LeasedRequest,
@@ -398,6 +399,23 @@ class Store:
             {seq: betas.split(",") for seq, _, betas in rows if betas},
         )
 
+    @reads
+    def queue_counts(self) -> tuple[int, int]:
+        """(pending, leased) requests of the unfinished batches: read from the batches' counters and the
+        requests' state index, so it costs in proportion to unfinished batches and leases, not the queue."""
+        unfinished = select(batches.c.seq).where(UNFINISHED)
+        with self.engine.connect() as conn:  # one transaction: on SQLite, one snapshot for both reads
+            processing = conn.execute(select(func.coalesce(func.sum(batches.c.processing), 0)).where(UNFINISHED))
+            leased = conn.execute(
+                select(func.count())
+                .select_from(requests)
+                .where(requests.c.batch_seq.in_(unfinished), requests.c.state == RUNNING)
+            )
+            waiting, running = int(processing.scalar_one()), int(leased.scalar_one())
+        # `processing` counts pending and running requests; on PostgreSQL the two reads may see
+        # different commits, so the difference is kept from going negative.
+        return max(0, waiting - running), running
+
     @writes
     def lease_requests(
         self, quotas: Sequence[tuple[int, int]], *, owner: str, lease_until: int
@@ -426,26 +444,28 @@ class Store:
                 )
 
     @writes
-    def complete_requests(self, completions: Sequence[Completion], *, owner: str, now: int) -> None:
+    def complete_requests(self, completions: Sequence[Completion], *, owner: str, now: int) -> Completed:
         """Write terminal outcomes and move the counters (and token usage) with them, in one transaction.
 
         Each write is a compare-and-set on (running, this owner, this attempt): a late or duplicate
         completion changes nothing, so a request never gets two results. Batches left with nothing
-        to do end here, exactly once.
+        to do end here, exactly once. Returns the completions written and how many batches ended.
         """
         if not completions:
-            return
+            return Completed([], 0)
         groups: dict[str, list[Completion]] = defaultdict(list)
         for done in completions:
             groups[done.state].append(done)
         by_id = {done.request_id: done for done in completions}
         counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         usage: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        written: list[Completion] = []
         with self.engine.begin() as conn:
             self._begin_write(conn)
             for state, group in groups.items():
                 for request_id in self._write_outcomes(conn, state, group, owner):
                     done = by_id[request_id]
+                    written.append(done)
                     counts[done.batch_seq][state] += 1
                     if done.usage is not None:
                         totals = usage[done.batch_seq]
@@ -453,7 +473,7 @@ class Store:
                             totals[index] += value
             for seq in sorted(counts):
                 self._add_counts(conn, seq, counts[seq], usage.get(seq))
-            self._end_if_done(conn, sorted(counts), now)
+            return Completed(written, self._end_if_done(conn, sorted(counts), now))
 
     def _write_outcomes(self, conn: Connection, state: str, group: Sequence[Completion], owner: str) -> list[int]:
         """Compare-and-set these outcomes, all in `state`; return the ids actually written."""
@@ -494,11 +514,12 @@ class Store:
             return self._hand_back(conn, lapsed, attempt_delta=0, now=now)
 
     @writes
-    def expire_batches(self, now: int) -> list[str]:
+    def expire_batches(self, now: int) -> list[tuple[str, int]]:
         """End every unfinished batch past `expires_at`: its unfinished requests become expired.
 
-        Exactly once with any number of nodes: a batch another node ended first is left alone."""
-        expired_ids: list[str] = []
+        Exactly once with any number of nodes: a batch another node ended first is left alone.
+        Returns (id, requests expired) of each batch this call ended."""
+        expired_ids: list[tuple[str, int]] = []
         with self.engine.connect() as conn:
             due = conn.execute(select(batches.c.seq, batches.c.id).where(UNFINISHED, batches.c.expires_at <= now)).all()
         for seq, batch_id in due:
@@ -519,7 +540,7 @@ class Store:
                     continue
                 self._add_counts(conn, seq, {EXPIRED: expired})
                 self._queue_ended_events(conn, [seq])
-                expired_ids.append(batch_id)
+                expired_ids.append((batch_id, expired))
         return expired_ids
 
     @writes
@@ -649,16 +670,20 @@ class Store:
         "cache_read_input_tokens = cache_read_input_tokens + ? WHERE seq = ?"
     )
 
-    def _end_if_done(self, conn: Connection, seqs: list[int], now: int) -> None:
-        """End, exactly once, each of these batches that has nothing left to process."""
-        if seqs:
-            ended = conn.execute(
+    def _end_if_done(self, conn: Connection, seqs: list[int], now: int) -> int:
+        """End, exactly once, each of these batches that has nothing left to process; how many ended."""
+        if not seqs:
+            return 0
+        ended = list(
+            conn.execute(
                 update(batches)
                 .where(batches.c.seq.in_(seqs), batches.c.processing == 0, batches.c.status != ENDED)
                 .values(status=ENDED, ended_at=now)
                 .returning(batches.c.seq)
             ).scalars()
-            self._queue_ended_events(conn, sorted(ended))
+        )
+        self._queue_ended_events(conn, sorted(ended))
+        return len(ended)
 
     def _queue_ended_events(self, conn: Connection, seqs: Sequence[int]) -> None:
         """Queue the webhook events of batches this transaction ended, so they commit (or roll back)

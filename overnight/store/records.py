@@ -69,6 +69,18 @@ class Completion(msgspec.Struct, frozen=True, gc=False):
     line: bytes | None
     usage: tuple[int, int, int, int] | None = None
     """Tokens (input, output, cache creation, cache read) of a succeeded request, summed per batch."""
+    backend: str = ""
+    """The backend that answered (empty: none did), for the metrics of what was written."""
+    error_type: str = ""
+    """An errored result's error type, for the same."""
+
+
+class Completed(msgspec.Struct, frozen=True):
+    """What one `complete_requests` call changed."""
+
+    written: list[Completion]
+    """The completions that took effect (a late or duplicate one does not)."""
+    batches_ended: int
 
 
 class ActiveBatches(msgspec.Struct, frozen=True):

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from overnight.store import BatchRecord, Completion, QueueFullError, Store, Usage, open_store
+from overnight.store import BatchRecord, Completed, Completion, QueueFullError, Store, Usage, open_store
 from overnight.store import base as store_module
 from overnight.store.records import ENDED, ERRORED, SUCCEEDED
 from overnight.store.sqlite import SQLiteStore
@@ -173,7 +173,7 @@ async def test_expiry_ends_the_batch_and_discards_late_results(store: Store) -> 
     record = await make_batch(store, 5, expires_at=100)
     leased = await store.lease_requests([(record.seq, 2)], owner="me", lease_until=FAR_FUTURE)
     assert await store.expire_batches(now=99) == []
-    assert await store.expire_batches(now=100) == ["msgbatch_a"]
+    assert await store.expire_batches(now=100) == [("msgbatch_a", 5)]
     await store.complete_requests(
         [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"late\n") for i in leased], owner="me", now=101
     )
@@ -319,7 +319,7 @@ async def test_expiry_racing_on_two_nodes_ends_the_batch_once(store: Store, twin
     record = await make_batch(store, 40, expires_at=100)
     await store.lease_requests([(record.seq, 10)], owner="me", lease_until=FAR_FUTURE)
     ended = await asyncio.gather(store.expire_batches(now=100), twin.expire_batches(now=100))
-    assert sorted(ended) == [[], [record.id]]
+    assert sorted(ended) == [[], [(record.id, 40)]]
     after = await store.get_batch("w", record.id)
     assert after is not None and (after.expired, after.status) == (40, ENDED)
     assert_counts_add_up(after)
@@ -362,3 +362,35 @@ async def test_live_workers_split_a_shared_cap_exactly(store: Store, twin: Store
     # b stops renewing: once its heartbeat is older than `live_after`, a has the whole cap.
     alone = await store.heartbeat("a", 500, live_after=200)
     assert (alone.rank, alone.nodes, alone.share_of(5)) == (0, 1, 5)
+
+
+async def test_completing_says_how_many_batches_it_ended(store: Store) -> None:
+    # /metrics counts results and ended batches from this: a duplicate write must count nothing twice.
+    one = await make_batch(store, 2, batch_id="msgbatch_one")
+    two = await make_batch(store, 1, batch_id="msgbatch_two")
+    leased = await store.lease_requests([(one.seq, 2), (two.seq, 1)], owner="me", lease_until=FAR_FUTURE)
+    done = [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"ok\n") for i in leased]
+    first_of_one = next(c for c in done if c.batch_seq == one.seq)
+    assert await store.complete_requests([first_of_one], owner="me", now=5) == Completed([first_of_one], 0)
+    both = await store.complete_requests(done, owner="me", now=6)
+    assert both.batches_ended == 2
+    assert sorted(c.request_id for c in both.written) == sorted(c.request_id for c in done if c is not first_of_one)
+    assert await store.complete_requests(done, owner="me", now=7) == Completed([], 0)
+    assert await store.complete_requests([], owner="me", now=8) == Completed([], 0)
+
+
+async def test_queue_counts_are_pending_and_leased_requests_of_unfinished_batches(store: Store) -> None:
+    assert await store.queue_counts() == (0, 0)
+    first = await make_batch(store, 10, batch_id="msgbatch_first")
+    second = await make_batch(store, 5, batch_id="msgbatch_second")
+    leased = await store.lease_requests([(first.seq, 3), (second.seq, 1)], owner="me", lease_until=FAR_FUTURE)
+    assert await store.queue_counts() == (11, 4)
+    await store.complete_requests(
+        [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"ok\n") for i in leased[:2]], owner="me", now=5
+    )
+    assert await store.queue_counts() == (11, 2)
+    await store.cancel_batch(second.seq, 6)  # its 4 pending requests are canceled, the leased one runs on
+    pending, leased_now = await store.queue_counts()
+    assert (pending, leased_now) == (7, 2)
+    await store.expire_batches(now=FAR_FUTURE)  # ends both: nothing is waiting or leased any more
+    assert await store.queue_counts() == (0, 0)
