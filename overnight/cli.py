@@ -172,6 +172,10 @@ def serve(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # SQLite: one server per data dir, since the store hands back every lease left at start-up.
     lock = None if shared else _lock_data_dir(settings)
+    # Bound now, so that with --port 0 everything built below (e.g. the results_url in webhook events)
+    # knows the real port; clients are refused until the server starts listening.
+    listening = _listening_socket(settings.host, settings.port)
+    settings = dataclasses.replace(settings, port=listening.getsockname()[1])
     from overnight.api.app import create_app
     from overnight.api.connections import ConnectionLimits, guarded_protocol
     from overnight.backends.factory import router_from_settings
@@ -206,11 +210,10 @@ def serve(
         except OvernightError as exc:
             await router.aclose()
             raise click.ClickException(f"cannot start the backends: {exc.message}") from None
-        listening = _listening_socket(settings.host, settings.port)
         where = "PostgreSQL" if shared else settings.data_dir.resolve()
         # The port bound, not the one asked for: with --port 0 this line is how a caller learns it.
         logger.info("overnight %s node serving on http://%s:%d (data in %s)", settings.role, settings.host,
-                    listening.getsockname()[1], where)
+                    settings.port, where)
         await server.serve(sockets=[listening])
 
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the handler that
