@@ -57,7 +57,7 @@ async def list_models(request: Request) -> Response:
     authenticate(request, context.settings)
     models = [_model_object(model_id, context.started_at) for model_id in context.router.model_ids()]
     query = request.query_params
-    after_id, before_id = query.get("after_id"), query.get("before_id")
+    after_id, before_id = query.get("after_id") or None, query.get("before_id") or None  # empty: absent
     ids = [model["id"] for model in models]
     for cursor in (after_id, before_id):
         if cursor is not None and cursor not in ids:
