@@ -21,6 +21,7 @@ from overnight.api.responses import json_response
 from overnight.exceptions import InvalidRequestError, NotFoundError
 from overnight.protocol.decoding import decode_json
 from overnight.protocol.messages import MessageCreateParams, parse_params
+from overnight.protocol.pages import page_object
 from overnight.timestamps import to_rfc3339
 
 
@@ -67,14 +68,7 @@ async def list_models(request: Request) -> Response:
     limit = page_limit(query.get("limit"))
     window = models[start:end]
     page = window[-limit:] if before_id and not after_id else window[:limit]
-    return json_response(
-        {
-            "data": page,
-            "has_more": len(page) < len(window),
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-        }
-    )
+    return json_response(page_object(page, has_more=len(page) < len(window)))
 
 
 async def retrieve_model(request: Request) -> Response:
