@@ -7,20 +7,19 @@ from pathlib import Path
 import pytest
 
 from overnight.backends.anthropic import AnthropicBackend
-from overnight.backends.fake import FakeBackend
-from overnight.backends.local import LocalBackend
-from overnight.backends.openai import OpenAIBackend
-from overnight.engine.calls import BackendRouter
-from overnight.exceptions import NotFoundError
-from overnight.routing import (
+from overnight.backends.config import (
     AnthropicSpec,
     LocalSpec,
-    Router,
     RouterConfigError,
-    build_backend,
     load_router_config,
     parse_backend_spec,
 )
+from overnight.backends.fake import FakeBackend
+from overnight.backends.local import LocalBackend
+from overnight.backends.openai import OpenAIBackend
+from overnight.backends.routing import Router, build_backend
+from overnight.engine.calls import BackendRouter
+from overnight.exceptions import NotFoundError
 
 EXAMPLE = """
 [backends.gemma]
