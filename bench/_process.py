@@ -203,7 +203,7 @@ class RssSampler:
 
 
 def write_router_config(path: Path, backend_name: str, backend: dict[str, str | int | float]) -> Path:
-    """A routing config (the format `overnight/routing.py` documents) sending every model to one backend."""
+    """A routing config (the format `overnight/backends/config.py` documents) sending every model to one backend."""
     lines = [f"[backends.{backend_name}]"]
     for name, value in backend.items():
         lines.append(f"{name} = {_toml_value(value)}")

@@ -178,11 +178,15 @@ def serve(
     settings = dataclasses.replace(settings, port=listening.getsockname()[1])
     from overnight.api.app import create_app
     from overnight.api.connections import ConnectionLimits, guarded_protocol
-    from overnight.backends.factory import router_from_settings
+    from overnight.backends.config import RouterConfigError
+    from overnight.backends.routing import router_from_settings
 
     if settings.open_mode:
         logger.warning("no API keys configured: accepting any key (one workspace, 'default')")
-    router = router_from_settings(settings)
+    try:
+        router = router_from_settings(settings)
+    except RouterConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     config = uvicorn.Config(
         create_app(settings, router),
         host=settings.host,

@@ -16,7 +16,7 @@ from overnight import ids
 from overnight.config import Settings
 from overnight.exceptions import InvalidRequestError, NotFoundError, RateLimitError
 from overnight.metrics import NO_BACKEND, Metrics
-from overnight.protocol.batches import batch_object, decode_create_body, deleted_object, page_object
+from overnight.protocol.batches import batch_object, batch_page, decode_create_body, deleted_object
 from overnight.store import BatchRecord, QueueFullError, Store, UnknownCursorError
 from overnight.store.records import CANCELED, CANCELING, ENDED
 from overnight.timestamps import MICROS, now_micros
@@ -91,7 +91,7 @@ class BatchService:
             )
         except UnknownCursorError as exc:
             raise InvalidRequestError(f"Unknown pagination cursor: no batch with id {exc.args[0]!r}") from None
-        return page_object(records, has_more, public_base_url)
+        return batch_page(records, has_more, public_base_url)
 
     async def cancel(self, workspace: str, batch_id: str, public_base_url: str) -> dict[str, Any]:
         record = await self._get(workspace, batch_id)

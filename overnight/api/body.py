@@ -15,8 +15,9 @@ from overnight.config import Settings
 from overnight.exceptions import RequestTimeoutError, RequestTooLargeError
 
 # After refusing a body we keep reading (and dropping) this much more, so the client, which is
-# still sending, gets our 413 instead of a broken connection.
+# still sending, gets our 413 instead of a broken connection; a client that pauses this long is done.
 _DRAIN_LIMIT_BYTES = 1 << 30
+_DRAIN_PAUSE_SECONDS = 1.0
 
 
 async def read_body(request: Request, settings: Settings) -> bytearray:
@@ -67,7 +68,7 @@ def _too_large(limit: int) -> RequestTooLargeError:
 async def _drain(request: Request, timeout_seconds: float) -> None:
     drained = 0
     try:
-        async for chunk in _chunks(request, timeout_seconds):
+        async for chunk in _chunks(request, min(timeout_seconds, _DRAIN_PAUSE_SECONDS)):
             drained += len(chunk)
             if drained > _DRAIN_LIMIT_BYTES:
                 return

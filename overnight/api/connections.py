@@ -85,6 +85,10 @@ class _GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self.data_received(data[room:])
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to a request httptools cannot parse, in our envelope instead of plain text.
+        self._reject(400, "invalid_request_error", msg)
+
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()

@@ -24,7 +24,7 @@ def error_response(request: Request, error: OvernightError, headers: Mapping[str
         "request_id": request_id,
     }
     headers = {**(headers or {}), **({"request-id": request_id} if request_id else {})}
-    if error.status_code == 408:
+    if error.status_code in (408, 413):
         headers["connection"] = "close"  # the rest of its body may still come; nothing reads it now
     if error.retry_after_seconds is not None:
         headers["retry-after"] = str(max(1, round(error.retry_after_seconds)))

@@ -21,6 +21,7 @@ from overnight.api.responses import json_response
 from overnight.exceptions import InvalidRequestError, NotFoundError
 from overnight.protocol.decoding import decode_json
 from overnight.protocol.messages import MessageCreateParams, parse_params
+from overnight.protocol.pages import page_object
 from overnight.timestamps import to_rfc3339
 
 
@@ -57,7 +58,7 @@ async def list_models(request: Request) -> Response:
     authenticate(request, context.settings)
     models = [_model_object(model_id, context.started_at) for model_id in context.router.model_ids()]
     query = request.query_params
-    after_id, before_id = query.get("after_id"), query.get("before_id")
+    after_id, before_id = query.get("after_id") or None, query.get("before_id") or None  # empty: absent
     ids = [model["id"] for model in models]
     for cursor in (after_id, before_id):
         if cursor is not None and cursor not in ids:
@@ -67,14 +68,7 @@ async def list_models(request: Request) -> Response:
     limit = page_limit(query.get("limit"))
     window = models[start:end]
     page = window[-limit:] if before_id and not after_id else window[:limit]
-    return json_response(
-        {
-            "data": page,
-            "has_more": len(page) < len(window),
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-        }
-    )
+    return json_response(page_object(page, has_more=len(page) < len(window)))
 
 
 async def retrieve_model(request: Request) -> Response:

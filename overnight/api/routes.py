@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from overnight.api import messages
+from overnight.api import messages, openapi
 from overnight.api.auth import authenticate
 from overnight.api.body import read_body
 from overnight.api.context import Context, beta_features, context_of, page_limit, public_base_url
@@ -105,6 +105,9 @@ routes = [
     # overnight's own, outside the Anthropic paths: token usage summed per batch and per workspace.
     Route("/v1/overnight/batches/{batch_id}/usage", batch_usage, methods=["GET"]),
     Route("/v1/overnight/usage", workspace_usage, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+    Route("/docs", openapi.docs, methods=["GET"]),
+    Route("/docs/{name}", openapi.docs_asset, methods=["GET"]),
 ]
 
 # A worker node serves no API: only its health (for a load balancer or an orchestrator's probe) and metrics.

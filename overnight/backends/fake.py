@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from overnight.backends.features import refuse_unknown_keys
+from overnight.backends.stops import first_stop_sequence
 from overnight.protocol.messages import MessageCreateParams, text_of
 from overnight.protocol.results import Message, message, text_block
 
@@ -47,7 +48,7 @@ def reply_to(params: MessageCreateParams) -> Message:
             break
     stop_reason, stop_sequence = "end_turn", None
 
-    first_match = _first_stop_sequence(reply, params.stop_sequences) if params.stop_sequences else None
+    first_match = first_stop_sequence(reply, params.stop_sequences) if params.stop_sequences else None
     if first_match is not None:
         cut, stop_sequence = first_match
         reply, stop_reason = reply[:cut], "stop_sequence"
@@ -67,18 +68,6 @@ def reply_to(params: MessageCreateParams) -> Message:
         input_tokens=max(1, _input_words(params)),
         output_tokens=max(1, output_words),
     )
-
-
-def _first_stop_sequence(text: str, stop_sequences: list[str]) -> tuple[int, str] | None:
-    """The earliest match in `text` (ties go to the sequence listed first), as (index, sequence)."""
-    best: tuple[int, str] | None = None
-    for sequence in stop_sequences:
-        if not sequence:
-            continue
-        index = text.find(sequence)
-        if index != -1 and (best is None or index < best[0]):
-            best = (index, sequence)
-    return best
 
 
 def _input_words(params: MessageCreateParams) -> int:

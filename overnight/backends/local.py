@@ -31,7 +31,6 @@ import importlib.metadata
 import os
 import random
 import threading
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from overnight.backends.chat_template import ChatPrompt, ChatTemplate, Role
 from overnight.backends.features import refuse_unsupported_options, unsupported
+from overnight.backends.stops import first_stop_sequence
 from overnight.exceptions import ApiError, InvalidRequestError, OvernightError
 from overnight.protocol.messages import (
     MessageCreateParams,
@@ -370,13 +370,3 @@ class _Instance:
 def _decode(llm: Llama, generated: list[int], prompt: list[int]) -> str:
     # A token may end inside a multi-byte character; the incomplete tail is dropped, never mangled.
     return llm.detokenize(generated, prev_tokens=prompt).decode("utf-8", errors="ignore")
-
-
-def first_stop_sequence(text: str, stop_sequences: Sequence[str]) -> tuple[int, str] | None:
-    """The earliest match in `text` as (index, sequence); at equal positions the one listed first wins."""
-    best: tuple[int, str] | None = None
-    for sequence in stop_sequences:
-        index = text.find(sequence)
-        if index != -1 and (best is None or index < best[0]):
-            best = (index, sequence)
-    return best

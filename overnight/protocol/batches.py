@@ -8,6 +8,7 @@ import msgspec
 
 from overnight.exceptions import InvalidRequestError
 from overnight.protocol.decoding import decode_json
+from overnight.protocol.pages import page_object
 from overnight.store.records import ENDED, BatchRecord
 from overnight.timestamps import to_rfc3339
 
@@ -86,13 +87,8 @@ def batch_object(record: BatchRecord, public_base_url: str) -> dict[str, Any]:
     }
 
 
-def page_object(records: list[BatchRecord], has_more: bool, public_base_url: str) -> dict[str, Any]:
-    return {
-        "data": [batch_object(record, public_base_url) for record in records],
-        "has_more": has_more,
-        "first_id": records[0].id if records else None,
-        "last_id": records[-1].id if records else None,
-    }
+def batch_page(records: list[BatchRecord], has_more: bool, public_base_url: str) -> dict[str, Any]:
+    return page_object([batch_object(record, public_base_url) for record in records], has_more)
 
 
 def deleted_object(batch_id: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from overnight.exceptions import InvalidRequestError
+from overnight.protocol.validation import Location, describe_error, is_type_label
 
 
 # Strict types, as the API has them: "5" is not an integer and 0 is not a boolean (an integer is still
@@ -290,32 +291,26 @@ def describe_validation_error(exc: ValidationError) -> str:
     """`field.path: message` for the first error, like the real API's messages."""
     # With unions pydantic reports one error per branch; the deepest one is the branch that matched.
     first = max(exc.errors(include_url=False), key=lambda error: len(error["loc"]))
-    location = ".".join(str(part) for part in _without_union_labels(first["loc"]))
     if first["type"] == "json_invalid":
         return f"params: invalid JSON ({first['msg']})"
-    if first["type"] == "model_type" and not location:
+    if first["type"] == "model_type" and not [part for part in first["loc"] if not is_type_label(part)]:
         return "params: Input should be an object"
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "Extra inputs are not permitted"
-    return f"{location}: {message}" if location else message
+    return describe_error(first, is_label=_is_union_label, messages=_MESSAGES)
+
+
+_MESSAGES = {"extra_forbidden": "Extra inputs are not permitted"}
 
 
 _TAGGED_FIELDS = {"source", "tool_choice", "thinking"}
-_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
-def _without_union_labels(loc: tuple[int | str, ...]) -> list[int | str]:
-    """Drop the branch labels pydantic adds for unions (`str`, `list[...]`, a tagged block's type)."""
-    kept: list[int | str] = []
-    for index, part in enumerate(loc):
-        if isinstance(part, str) and ("[" in part or part in _TYPE_LABELS):
-            continue
-        is_tag_position = index > 0 and (isinstance(loc[index - 1], int) or loc[index - 1] in _TAGGED_FIELDS)
-        if is_tag_position and part in _BLOCK_TYPES and index < len(loc) - 1:
-            continue
-        kept.append(part)
-    return kept
+def _is_union_label(loc: Location, index: int) -> bool:
+    """A branch label: `str`, `list[...]`, or a tagged block's type right after a list index or tagged field."""
+    part = loc[index]
+    if is_type_label(part):
+        return True
+    is_tag_position = index > 0 and (isinstance(loc[index - 1], int) or loc[index - 1] in _TAGGED_FIELDS)
+    return is_tag_position and part in _BLOCK_TYPES and index < len(loc) - 1
 
 
 def text_of(content: str | list[Any]) -> str:

@@ -238,3 +238,30 @@ def test_beta_features_within_the_cap_are_accepted(raw: httpx.Client) -> None:
     betas = "a-1, b-2,c-3 ,message-batches-2024-09-24,d-4"
     response = raw.post(BATCHES, content=body, headers={"anthropic-beta": betas})
     assert response.status_code == 200, response.text
+
+
+def test_declared_body_over_the_cap_is_413_without_waiting_for_it(server: ServerProcess) -> None:
+    with _connect(server) as sock:
+        sock.sendall(f"POST {BATCHES} HTTP/1.1\r\nhost: x\r\ncontent-length: {300 * 1024 * 1024}\r\n\r\n".encode())
+        started = time.monotonic()
+        status, _, body = _read_response(sock)
+    assert status == 413, body
+    assert json.loads(body)["error"]["type"] == "request_too_large"
+    assert time.monotonic() - started < TIMEOUT_S + 3
+
+
+@pytest.mark.parametrize(
+    "raw_request",
+    [
+        b"POST /v1/messages/batches HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n"
+        b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /v1/messages/batches HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n{}",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    ],
+    ids=["content-length-and-chunked", "content-length-not-a-number", "tls-hello"],
+)
+def test_unparseable_request_is_400_in_the_envelope(server: ServerProcess, raw_request: bytes) -> None:
+    with _connect(server) as sock:
+        sock.sendall(raw_request)
+        status, headers, body = _read_response(sock)
+    _assert_envelope(status, headers, body, 400, "invalid_request_error")

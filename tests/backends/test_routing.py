@@ -7,20 +7,19 @@ from pathlib import Path
 import pytest
 
 from overnight.backends.anthropic import AnthropicBackend
-from overnight.backends.fake import FakeBackend
-from overnight.backends.local import LocalBackend
-from overnight.backends.openai import OpenAIBackend
-from overnight.engine.calls import BackendRouter
-from overnight.exceptions import NotFoundError
-from overnight.routing import (
+from overnight.backends.config import (
     AnthropicSpec,
     LocalSpec,
-    Router,
     RouterConfigError,
-    build_backend,
     load_router_config,
     parse_backend_spec,
 )
+from overnight.backends.fake import FakeBackend
+from overnight.backends.local import LocalBackend
+from overnight.backends.openai import OpenAIBackend
+from overnight.backends.routing import Router, build_backend
+from overnight.engine.calls import BackendRouter
+from overnight.exceptions import NotFoundError
 
 EXAMPLE = """
 [backends.gemma]
@@ -65,7 +64,7 @@ def write(tmp_path: Path, text: str, name: str = "routes.toml") -> Path:
 async def test_the_example_config_routes_by_pattern(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-from-env")
     config = load_router_config(write(tmp_path, EXAMPLE))
-    router = Router.from_config(config, data_dir=tmp_path)
+    router = Router.from_config(config)
     try:
         claude = router.resolve("claude-sonnet-4-5")
         assert isinstance(claude, AnthropicBackend)
@@ -112,7 +111,7 @@ async def test_first_matching_route_wins(tmp_path: Path) -> None:
             """,
         )
     )
-    router = Router.from_config(config, data_dir=tmp_path)
+    router = Router.from_config(config)
     a, b = (router.resolve(name) for name in ("claude-x", "gpt-4o"))
     assert a is not b
     assert router.resolve("claude-opus-4-1") is a  # the exact route comes later, so the pattern wins
@@ -157,7 +156,7 @@ def test_relative_model_path_is_relative_to_the_config_file(tmp_path: Path) -> N
     spec = config.backends["mine"]
     assert isinstance(spec, LocalSpec)
     assert spec.model_path == config_dir / "models" / "my.gguf"
-    backend = build_backend("mine", spec, tmp_path / "data")
+    backend = build_backend("mine", spec)
     assert isinstance(backend, LocalBackend)
     assert (backend.max_concurrency, backend.n_ctx, backend.seed, backend.name) == (2, 4096, 42, "local:mine")
 
@@ -166,7 +165,7 @@ def test_parse_backend_spec_and_defaults() -> None:
     spec = parse_backend_spec({"type": "anthropic", "api_key": "k"})
     assert isinstance(spec, AnthropicSpec)
     assert (spec.base_url, spec.timeout_seconds, spec.model) == ("https://api.anthropic.com", 600.0, None)
-    assert build_backend("local", parse_backend_spec({"type": "local"}), Path("/tmp")).name == "local"
+    assert build_backend("local", parse_backend_spec({"type": "local"})).name == "local"
     with pytest.raises(RouterConfigError, match="type must be one of"):
         parse_backend_spec({"type": "gemini"})
 
@@ -236,4 +235,4 @@ def test_unset_api_key_env_fails_before_any_backend_is_built(tmp_path: Path, mon
         )
     )
     with pytest.raises(RouterConfigError, match="OVERNIGHT_TEST_UNSET_KEY is not set"):
-        Router.from_config(config, data_dir=tmp_path)
+        Router.from_config(config)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from overnight.backends.fake import FakeBackend
+from overnight.backends.routing import Router
 from overnight.engine import Scheduler
 from overnight.engine.calls import BackendCaller, RetryPolicy
-from overnight.routing import Router
 from overnight.store import open_store
 from overnight.store.records import CANCELING, IN_PROGRESS, ActiveBatches
 
