@@ -194,7 +194,7 @@ def _wait_and_exit(
         report_seconds=report_seconds,
     )
     counts = Counts.of(batch)
-    console.print(f"{batch.id} ended: {summary(counts)}", markup=False)
+    console.print(f"{batch.id} ended: {counts.done}/{counts.total} done ({summary(counts)})", markup=False)
     if counts.succeeded != counts.total:
         console.print(f"results: overnight batches results {batch.id}", markup=False)
         sys.exit(ExitCode.NOT_ALL_SUCCEEDED)

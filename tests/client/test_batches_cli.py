@@ -133,8 +133,7 @@ def test_submit_wait_reports_progress_and_exits_0_when_all_succeed(cli: Invoke, 
     result = cli("submit", str(EXAMPLE), "--wait", "--poll-interval", "0.1")
     batch_id = _submitted_id(result)
     assert result.stdout == f"{batch_id}\n"
-    assert f"{batch_id} ended: 4/4 done (succeeded 4, errored 0, canceled 0, expired 0)" in result.stderr
-    assert f"{batch_id} ended: succeeded 4, errored 0, canceled 0, expired 0" in result.stderr
+    assert result.stderr.endswith(f"{batch_id} ended: 4/4 done (succeeded 4, errored 0, canceled 0, expired 0)\n")
     results = {line.custom_id: line.result for line in sdk.messages.batches.results(batch_id)}
     assert set(results) == {"capital", "arithmetic", "haiku", "colors"}
     assert all(result.type == "succeeded" for result in results.values())
@@ -230,7 +229,7 @@ def test_wait_draws_a_progress_bar_on_a_terminal(slow_cli: Invoke, tmp_path: Pat
     assert "━" in plain  # the bar itself
     assert "4/4" in plain
     assert "4 ok" in plain and "0 errored" in plain
-    assert f"{batch_id} ended: succeeded 4" in plain
+    assert f"{batch_id} ended: 4/4 done (succeeded 4" in plain
 
 
 def test_get_shows_counts_and_token_usage(cli: Invoke, sdk: anthropic.Anthropic) -> None:
@@ -404,7 +403,7 @@ def test_as_a_real_process_the_id_is_the_last_stdout_line(server: ServerProcess,
     )
     assert done.returncode == 0, done.stderr
     assert BATCH_ID.match(done.stdout.splitlines()[-1])
-    assert "ended: succeeded 4" in done.stderr
+    assert "ended: 4/4 done (succeeded 4" in done.stderr
 
 
 # -- a stand-in for a server without overnight's own endpoints ---------------------------------------
