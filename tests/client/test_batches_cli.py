@@ -457,3 +457,10 @@ class _without_usage_endpoint:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
+
+
+def test_serve_does_not_import_the_client() -> None:
+    # The SDK takes seconds to import; `overnight serve` (and every test server) must not pay for it.
+    code = "import sys, overnight.cli; assert 'anthropic' not in sys.modules and 'rich' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
