@@ -7,16 +7,19 @@ was sent" is checked by listing that workspace through the SDK.
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import json
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -311,8 +314,6 @@ def test_results_to_stdout_and_to_a_file_are_the_servers_jsonl(
     assert written.exit_code == 0
     assert written.stdout == ""
     assert f"wrote 4 results to {output}" in written.stderr
-    import httpx
-
     served = httpx.get(f"{server.base_url}/v1/messages/batches/{batch_id}/results", headers={"x-api-key": api_key})
     assert output.read_bytes() == served.content == result.stdout_bytes
 
@@ -418,11 +419,6 @@ class _without_usage_endpoint:
         self.server = server
 
     def __enter__(self) -> str:
-        import http.server
-        import threading
-
-        import httpx
-
         upstream = self.server.base_url
 
         class Handler(http.server.BaseHTTPRequestHandler):
