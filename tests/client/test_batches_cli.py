@@ -354,6 +354,18 @@ def test_cancel_then_wait_exits_1_and_delete_removes_the_batch(slow_cli: Invoke,
     assert "the server answered 404: not_found_error" in gone.stderr
 
 
+def test_cancel_and_delete_as_json(slow_cli: Invoke, tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "ten.jsonl", [_request(f"r{i}") for i in range(10)])
+    batch_id = _submitted_id(slow_cli("submit", str(path)))
+    canceled = json.loads(slow_cli("cancel", batch_id, "--json").stdout)
+    assert (canceled["id"], canceled["type"]) == (batch_id, "message_batch")
+    assert canceled["processing_status"] in ("canceling", "ended")
+    assert canceled["cancel_initiated_at"] is not None
+    slow_cli("wait", batch_id, "--poll-interval", "0.1")
+    deleted = json.loads(slow_cli("delete", batch_id, "--json").stdout)
+    assert deleted == {"id": batch_id, "type": "message_batch_deleted"}
+
+
 def test_deleting_a_batch_in_progress_is_the_servers_error(slow_cli: Invoke, tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "ten.jsonl", [_request(f"r{i}") for i in range(10)])
     batch_id = _submitted_id(slow_cli("submit", str(path)))
