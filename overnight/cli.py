@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import importlib
 import logging
 import signal
 import socket
@@ -16,7 +17,6 @@ import click
 import uvicorn
 import uvloop
 
-from overnight.client.commands import batches
 from overnight.config import (
     DEFAULT_WORKSPACE,
     ROLES,
@@ -34,13 +34,27 @@ from overnight.webhooks.config import WebhookConfigError, resolve_webhook_target
 logger = logging.getLogger("overnight")
 
 
-@click.group()
+class _Commands(click.Group):
+    """`batches` (the client, in overnight/client/) is imported only when it is used: the SDK takes seconds
+    to import, and `serve` needs none of it."""
+
+    lazy = {"batches": "overnight.client.commands"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            command = getattr(importlib.import_module(self.lazy[cmd_name]), cmd_name)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="overnight")
 def main() -> None:
     """overnight: a self-hosted server for Anthropic's Message Batches API."""
-
-
-main.add_command(batches)  # `overnight batches ...`: the client side, in overnight/client/
 
 
 @main.command()

@@ -9,9 +9,9 @@ template without a system role decides itself where it goes, or refuses the conv
 A final assistant turn is a prefill: the template renders it as a closed turn, and the prompt is cut
 right after its text, so the model continues it (only its leading whitespace is dropped).
 
-Without a template the plain format below is used, and the turn also ends (as `end_turn`) when the model
+Without a template the plain format below is used; the turn also ends (as `end_turn`) when the model
 starts a new `User:` line itself, since a model without a chat format will otherwise go on playing both
-sides:
+sides, and the space it writes after `Assistant:` is not part of the reply:
 
     {system}
 
@@ -55,6 +55,8 @@ class ChatPrompt:
     pieces: list[Piece]
     # Generated text that ends the turn (cut off, reported as end_turn); the plain format's `User:` line.
     end_strings: tuple[str, ...] = ()
+    # The reply's leading whitespace is the format's, not the answer's (the plain format's "Assistant: ").
+    strip_leading_whitespace: bool = False
 
 
 class ChatTemplate:
@@ -116,8 +118,8 @@ def plain_prompt(system: str | None, turns: Sequence[tuple[Role, str]], *, bos_t
             pieces.append(Piece(f"Assistant: {text.lstrip()}"))  # a prefill, continued as it stands
             return ChatPrompt(pieces, (PLAIN_FORMAT_STOP,))
         pieces.append(Piece(f"{label}: {text.strip()}\n"))
-    pieces.append(Piece("Assistant:"))
-    return ChatPrompt(pieces, (PLAIN_FORMAT_STOP,))
+    pieces.append(Piece("Assistant:"))  # no trailing space: the model writes it, as one token with the word
+    return ChatPrompt(pieces, (PLAIN_FORMAT_STOP,), strip_leading_whitespace=True)
 
 
 def render(prompt: ChatPrompt) -> str:

@@ -354,6 +354,8 @@ class _Instance:
         text = _decode(llm, generated, prompt)
         if cut is not None:
             text = text[:cut]
+        if chat.strip_leading_whitespace:
+            text = text.lstrip()
         return _Generation(text, stop_reason, stop_sequence, len(prompt), produced)
 
     def close(self) -> None:

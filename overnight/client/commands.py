@@ -194,7 +194,7 @@ def _wait_and_exit(
         report_seconds=report_seconds,
     )
     counts = Counts.of(batch)
-    console.print(f"{batch.id} ended: {summary(counts)}", markup=False)
+    console.print(f"{batch.id} ended: {counts.done}/{counts.total} done ({summary(counts)})", markup=False)
     if counts.succeeded != counts.total:
         console.print(f"results: overnight batches results {batch.id}", markup=False)
         sys.exit(ExitCode.NOT_ALL_SUCCEEDED)
@@ -336,19 +336,21 @@ def _total_requests(batch: MessageBatch) -> int:
 
 @batches.command()
 @click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True, help="The batch object the server answered, as JSON.")
 @click.pass_context
 @_api_errors
-def cancel(ctx: click.Context, batch_id: str) -> None:
+def cancel(ctx: click.Context, batch_id: str, as_json: bool) -> None:
     """Ask a batch to stop: requests not yet run end as canceled."""
     batch = _client(ctx).messages.batches.cancel(batch_id)
-    click.echo(f"{batch.id} {batch.processing_status}")
+    click.echo(batch.to_json(indent=None) if as_json else f"{batch.id} {batch.processing_status}")
 
 
 @batches.command()
 @click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True, help="The server's answer (a message_batch_deleted object) as JSON.")
 @click.pass_context
 @_api_errors
-def delete(ctx: click.Context, batch_id: str) -> None:
+def delete(ctx: click.Context, batch_id: str, as_json: bool) -> None:
     """Delete an ended batch and its results."""
     deleted = _client(ctx).messages.batches.delete(batch_id)
-    click.echo(f"{deleted.id} deleted")
+    click.echo(deleted.to_json(indent=None) if as_json else f"{deleted.id} deleted")

@@ -80,7 +80,7 @@ def _wait_with_bar(retrieve: Callable[[], MessageBatch], console: Console, poll_
                 completed=counts.done,
                 succeeded=counts.succeeded,
                 errored=counts.errored,
-                rate=f"{speed:.1f}/s" if speed else "",
+                rate=f"{speed:.1f} req/s" if speed else "",
             )
             if batch.processing_status == "ended":
                 return batch
@@ -99,7 +99,9 @@ def _wait_with_lines(
         counts = Counts.of(batch)
         now = time.monotonic()
         ended = batch.processing_status == "ended"
-        if ended or last_report is None or now - last_report >= report_seconds:
+        if ended:
+            return batch  # the caller says how it ended
+        if last_report is None or now - last_report >= report_seconds:
             console.print(
                 _plain_line(batch.id, batch.processing_status, counts, first, now - started),
                 highlight=False,
@@ -107,8 +109,6 @@ def _wait_with_lines(
                 soft_wrap=True,
             )
             last_report = now
-        if ended:
-            return batch
         time.sleep(poll_seconds)
         batch = retrieve()
 
@@ -118,7 +118,7 @@ def _plain_line(batch_id: str, status: str, counts: Counts, first: Counts, elaps
     finished_here = counts.done - first.done
     if status != "ended" and elapsed > 0 and finished_here > 0:
         rate = finished_here / elapsed
-        line += f", {rate:.1f}/s, ETA {_duration(counts.processing / rate)}"
+        line += f", {rate:.1f} req/s, ETA {_duration(counts.processing / rate)}"
     return line
 
 

@@ -89,5 +89,7 @@ def test_without_a_template_the_plain_format_is_used_and_a_new_user_line_ends_th
     assert prompt.pieces[0] == Piece("<s>", special=True)
     assert all(not piece.special for piece in prompt.pieces[1:])
     assert prompt.end_strings == (PLAIN_FORMAT_STOP,)
+    assert prompt.strip_leading_whitespace
     prefill = plain.prompt(None, [("user", "Count"), ("assistant", " 1, 2,")])
     assert render(prefill) == "<s>User: Count\nAssistant: 1, 2,"
+    assert not prefill.strip_leading_whitespace  # a prefill is continued exactly: " 3" keeps its space

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -301,3 +302,35 @@ async def test_tools_with_tool_choice_none_are_accepted(tmp_path: Path) -> None:
     params = make_params(tools=[{"name": "t", "input_schema": {"type": "object"}}], tool_choice={"type": "none"})
     with pytest.raises(LocalModelError):  # got past the refusals, to loading the (absent) model
         await backend.create_message(params)
+
+
+@pytest.fixture(scope="module")
+def model_without_template(local_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default GGUF with its `tokenizer.chat_template` key renamed (same length, so every offset in the
+    file holds): to llama.cpp, a real model that carries no chat template."""
+    key = b"tokenizer.chat_template"
+    data = bytearray(local_model_path.read_bytes())
+    where = data.find(struct.pack("<Q", len(key)) + key)  # GGUF strings: u64 length, then the bytes
+    assert where > 0
+    data[where + 8 + len(key) - 1 : where + 8 + len(key)] = b"X"
+    path = tmp_path_factory.mktemp("no-template") / "no-template.gguf"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.local_model
+async def test_a_model_without_a_chat_template_gets_the_plain_format(model_without_template: Path) -> None:
+    backend = LocalBackend(model_path=model_without_template, n_ctx=512, seed=1)
+    counting = [{"role": "user" if n % 2 else "assistant", "content": str(n)} for n in range(1, 6)]
+    try:
+        result = await backend.create_message(make_params(messages=counting, max_tokens=40))
+        # The model carries the pattern on and writes the next "User:" line itself: that ends its turn.
+        assert result["stop_reason"] == "end_turn"
+        assert result["content"][0]["text"] == "6"  # the space after "Assistant:" is the format's, not the answer's
+        # The same place, with the client asking to stop there: the model did write "\nUser:" right after.
+        asked = await backend.create_message(make_params(messages=counting, max_tokens=40, stop_sequences=["\nUser:"]))
+        assert (asked["stop_reason"], asked["stop_sequence"]) == ("stop_sequence", "\nUser:")
+        assert asked["content"] == result["content"]
+        assert await backend.count_tokens(make_params(messages=counting)) == result["usage"]["input_tokens"]
+    finally:
+        await backend.aclose()

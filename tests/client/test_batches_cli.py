@@ -7,16 +7,19 @@ was sent" is checked by listing that workspace through the SDK.
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import json
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -133,8 +136,7 @@ def test_submit_wait_reports_progress_and_exits_0_when_all_succeed(cli: Invoke, 
     result = cli("submit", str(EXAMPLE), "--wait", "--poll-interval", "0.1")
     batch_id = _submitted_id(result)
     assert result.stdout == f"{batch_id}\n"
-    assert f"{batch_id} ended: 4/4 done (succeeded 4, errored 0, canceled 0, expired 0)" in result.stderr
-    assert f"{batch_id} ended: succeeded 4, errored 0, canceled 0, expired 0" in result.stderr
+    assert result.stderr.endswith(f"{batch_id} ended: 4/4 done (succeeded 4, errored 0, canceled 0, expired 0)\n")
     results = {line.custom_id: line.result for line in sdk.messages.batches.results(batch_id)}
     assert set(results) == {"capital", "arithmetic", "haiku", "colors"}
     assert all(result.type == "succeeded" for result in results.values())
@@ -230,7 +232,7 @@ def test_wait_draws_a_progress_bar_on_a_terminal(slow_cli: Invoke, tmp_path: Pat
     assert "━" in plain  # the bar itself
     assert "4/4" in plain
     assert "4 ok" in plain and "0 errored" in plain
-    assert f"{batch_id} ended: succeeded 4" in plain
+    assert f"{batch_id} ended: 4/4 done (succeeded 4" in plain
 
 
 def test_get_shows_counts_and_token_usage(cli: Invoke, sdk: anthropic.Anthropic) -> None:
@@ -312,8 +314,6 @@ def test_results_to_stdout_and_to_a_file_are_the_servers_jsonl(
     assert written.exit_code == 0
     assert written.stdout == ""
     assert f"wrote 4 results to {output}" in written.stderr
-    import httpx
-
     served = httpx.get(f"{server.base_url}/v1/messages/batches/{batch_id}/results", headers={"x-api-key": api_key})
     assert output.read_bytes() == served.content == result.stdout_bytes
 
@@ -352,6 +352,18 @@ def test_cancel_then_wait_exits_1_and_delete_removes_the_batch(slow_cli: Invoke,
     gone = slow_cli("get", batch_id)
     assert gone.exit_code == 3
     assert "the server answered 404: not_found_error" in gone.stderr
+
+
+def test_cancel_and_delete_as_json(slow_cli: Invoke, tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "ten.jsonl", [_request(f"r{i}") for i in range(10)])
+    batch_id = _submitted_id(slow_cli("submit", str(path)))
+    canceled = json.loads(slow_cli("cancel", batch_id, "--json").stdout)
+    assert (canceled["id"], canceled["type"]) == (batch_id, "message_batch")
+    assert canceled["processing_status"] in ("canceling", "ended")
+    assert canceled["cancel_initiated_at"] is not None
+    slow_cli("wait", batch_id, "--poll-interval", "0.1")
+    deleted = json.loads(slow_cli("delete", batch_id, "--json").stdout)
+    assert deleted == {"id": batch_id, "type": "message_batch_deleted"}
 
 
 def test_deleting_a_batch_in_progress_is_the_servers_error(slow_cli: Invoke, tmp_path: Path) -> None:
@@ -404,7 +416,7 @@ def test_as_a_real_process_the_id_is_the_last_stdout_line(server: ServerProcess,
     )
     assert done.returncode == 0, done.stderr
     assert BATCH_ID.match(done.stdout.splitlines()[-1])
-    assert "ended: succeeded 4" in done.stderr
+    assert "ended: 4/4 done (succeeded 4" in done.stderr
 
 
 # -- a stand-in for a server without overnight's own endpoints ---------------------------------------
@@ -419,11 +431,6 @@ class _without_usage_endpoint:
         self.server = server
 
     def __enter__(self) -> str:
-        import http.server
-        import threading
-
-        import httpx
-
         upstream = self.server.base_url
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -458,3 +465,10 @@ class _without_usage_endpoint:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
+
+
+def test_serve_does_not_import_the_client() -> None:
+    # The SDK takes seconds to import; `overnight serve` (and every test server) must not pay for it.
+    code = "import sys, overnight.cli; assert 'anthropic' not in sys.modules and 'rich' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
