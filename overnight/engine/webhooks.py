@@ -195,6 +195,9 @@ class WebhookSender:
             return f"no answer within {self.policy.timeout_seconds:g}s"
         except aiohttp.ClientError as exc:
             return f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug here must still end in a recorded attempt, not a stuck lease
+            logger.exception("webhook %s: sending failed unexpectedly", delivery.event_id)
+            return f"{type(exc).__name__}: {exc}"
 
 
 def start_webhooks(store: Store, settings: Settings, *, owner: str | None) -> asyncio.Task[None] | None:

@@ -180,3 +180,19 @@ def test_attempt_cut_short_by_shutdown_is_sent_soon_after_restart(
         [delivery] = up.wait_for(1, timeout=10)
         assert (delivery.headers["webhook-id"], delivery.body) == (cut.headers["webhook-id"], cut.body)
         assert verified(secret, delivery)["data"]["id"] == batch.id
+
+
+def test_receiver_that_does_not_answer_in_time_gets_a_retry(
+    server_factory: MakeServer, make_client: MakeClient
+) -> None:
+    secret = new_secret()
+    with Receiver(hang_first=1) as receiver:
+        server = server_factory(*webhook_args(receiver, secret, "--webhook-timeout", "0.5"))
+        client = make_client(server)
+        batch = client.messages.batches.create(requests=make_requests(1))  # type: ignore[arg-type]
+        wait_for_end(client, batch.id, total=1)
+        timed_out, answered = receiver.wait_for(2)
+        assert timed_out.headers["webhook-id"] == answered.headers["webhook-id"]
+        assert answered.at - timed_out.at >= 0.5
+        assert "no answer within 0.5s" in server.stderr_tail()
+        assert_no_more(receiver, 2)
