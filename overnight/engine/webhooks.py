@@ -45,7 +45,7 @@ class RetryPolicy:
         window_end = delivery.created_at + int(self.window_seconds * MICROS)
         if now >= window_end:
             return None
-        ceiling = min(self.base_seconds * 2 ** (delivery.attempt - 1), self.max_seconds)
+        ceiling = min(self.base_seconds * 2 ** min(delivery.attempt - 1, 60), self.max_seconds)
         # Jitter spreads the retries of events that failed together (a receiver that was down).
         delay = ceiling * random.uniform(0.5, 1.0)
         return min(now + int(delay * MICROS), window_end)
