@@ -622,17 +622,15 @@ class Store:
         A compare-and-set on this lease (owner and attempt): False if the lease had lapsed and another
         sender took the delivery meanwhile, which then records its own attempt."""
         wd = webhook_deliveries.c
-        values: dict[str, Any] = {"lease_owner": None, "last_error": error[:500] if error else None}
-        if error is None:
-            values.update(status=DELIVERED, finished_at=now)
+        values: dict[str, Any]
+        if error is None:  # keeps `last_error`: why earlier attempts failed
+            values = {"status": DELIVERED, "finished_at": now}
         elif retry_at is None:
-            values.update(status=DELIVERY_FAILED, finished_at=now)
+            values = {"status": DELIVERY_FAILED, "finished_at": now, "last_error": error[:500]}
         else:
-            values.update(next_attempt_at=retry_at)
+            values = {"next_attempt_at": retry_at, "last_error": error[:500]}
         with self.engine.begin() as conn:
             self._begin_write(conn)
-            if error is None:
-                del values["last_error"]  # keep why earlier attempts failed
             return bool(
                 conn.execute(
                     update(webhook_deliveries)
@@ -642,7 +640,7 @@ class Store:
                         wd.lease_owner == owner,
                         wd.attempts == delivery.attempt,
                     )
-                    .values(**values)
+                    .values(lease_owner=None, **values)
                 ).rowcount
             )
 
