@@ -29,7 +29,8 @@ def test_default_schedule_retries_for_a_day_then_gives_up() -> None:
         ceiling = min(5.0 * 2 ** (number - 1), 3600.0)
         assert ceiling * 0.5 <= delay <= ceiling, (number, delay)
     assert max(delays) <= 3600.0
-    assert 25 <= len(attempts) <= 45, len(attempts)  # about hourly once the delay is capped
+    # 11 attempts until the delay is capped, then one every 30-60 min: 34 to 58 in all (about 41).
+    assert 34 <= len(attempts) <= 58, len(attempts)
 
 
 def test_jitter_spreads_deliveries_that_failed_together() -> None:
