@@ -136,9 +136,9 @@ def main() -> None:
 @click.option("--webhook-timeout", "webhook_timeout_seconds", default=10.0, show_default=True,
               type=click.FloatRange(min=0, min_open=True), help="Seconds a webhook receiver has to answer.")
 @click.option("--webhook-retry-base", "webhook_retry_base_seconds", default=5.0, show_default=True,
-              type=click.FloatRange(min=0), help="First webhook retry's delay in seconds (doubles per retry).")
+              type=click.FloatRange(min=0, min_open=True), help="First webhook retry's delay (doubles per retry).")
 @click.option("--webhook-retry-max", "webhook_retry_max_seconds", default=3600.0, show_default=True,
-              type=click.FloatRange(min=0), help="Longest delay between webhook retries.")
+              type=click.FloatRange(min=0, min_open=True), help="Longest delay between webhook retries.")
 @click.option("--webhook-retry-window", "webhook_retry_window_seconds", default=86_400.0, show_default=True,
               type=click.FloatRange(min=0), help="Seconds after a batch ends that its webhook is retried.")
 @click.option("--log-level", default="info", show_default=True,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import random
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from overnight.webhooks.events import BatchEndedEvents, signed_headers
 logger = logging.getLogger(__name__)
 
 _LEASE_MARGIN_SECONDS = 30.0  # beyond the request timeout, before another sender may retry a delivery
+_PRUNE_INTERVAL_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class RetryPolicy:
         window_end = delivery.created_at + int(self.window_seconds * MICROS)
         if now >= window_end:
             return None
-        ceiling = min(self.base_seconds * 2 ** (delivery.attempt - 1), self.max_seconds)
+        ceiling = min(self.base_seconds * 2 ** min(delivery.attempt - 1, 60), self.max_seconds)
         # Jitter spreads the retries of events that failed together (a receiver that was down).
         delay = ceiling * random.uniform(0.5, 1.0)
         return min(now + int(delay * MICROS), window_end)
@@ -61,6 +61,7 @@ class WebhookSender:
         policy: RetryPolicy,
         poll_interval_seconds: float = 1.0,
         max_in_flight: int = 32,
+        keep_seconds: float = 29 * 86_400.0,
     ) -> None:
         self.store = store
         self.targets = targets
@@ -68,44 +69,80 @@ class WebhookSender:
         self.policy = policy
         self.poll_interval_seconds = poll_interval_seconds
         self.max_in_flight = max_in_flight
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._retries: list[int] = []  # when retries this sender scheduled fall due (a heap), to wake then
+        self.keep_seconds = keep_seconds
+        self._in_flight: dict[asyncio.Task[None], LeasedDelivery] = {}
         self._attempt_done = asyncio.Event()
+        self._next_prune = 0
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.policy.timeout_seconds)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             try:
                 while True:
-                    self._attempt_done.clear()  # before leasing: an attempt that ends from here on wakes us
-                    leased = await self._lease(self.max_in_flight - len(self._in_flight))
-                    for delivery in leased:
-                        task = asyncio.create_task(self._deliver(session, delivery), name="overnight-webhook")
-                        self._in_flight.add(task)
-                        task.add_done_callback(self._finished)
-                    if leased and len(self._in_flight) < self.max_in_flight:
-                        continue  # more may be due already
-                    # Until an attempt ends (a free slot, maybe a retry to time), a retry falls due, or the
-                    # next poll (events queued by other nodes, retries scheduled by them).
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._attempt_done.wait(), self._until_next_retry())
+                    self._attempt_done.clear()  # before looking: an attempt that ends from here on wakes us
+                    wait = await self._send_due(session)
+                    if wait > 0:
+                        # Until an attempt ends (a free slot; a retry it scheduled), the next delivery falls
+                        # due, or the next poll (events other nodes queue).
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._attempt_done.wait(), wait)
             finally:
-                # Deliveries cut short are leased until their lease lapses, then sent again (same id).
-                for task in self._in_flight:
-                    task.cancel()
-                await asyncio.gather(*self._in_flight, return_exceptions=True)
+                await self._stop_attempts()
+
+    async def _send_due(self, session: aiohttp.ClientSession) -> float:
+        """Start attempts for the deliveries due now, as slots allow; return how long to wait then."""
+        slots = self.max_in_flight - len(self._in_flight)
+        if slots <= 0:
+            return self.poll_interval_seconds
+        await self._prune_now_and_then()
+        try:
+            # A read first (indexed, on a reader thread): most polls find nothing due and take no write lock.
+            due_at = await self.store.next_delivery_due()
+        except Exception as exc:
+            logger.warning("reading the webhook queue failed (%s); trying again shortly", exc)
+            return self.poll_interval_seconds
+        now = now_micros()
+        if due_at is None or due_at > now:
+            return (
+                self.poll_interval_seconds
+                if due_at is None
+                else min(self.poll_interval_seconds, (due_at - now) / MICROS)
+            )
+        leased = await self._lease(slots)
+        for delivery in leased:
+            task = asyncio.create_task(self._deliver(session, delivery), name="overnight-webhook")
+            self._in_flight[task] = delivery
+            task.add_done_callback(self._finished)
+        return 0 if leased else self.poll_interval_seconds  # none leased: another node took them
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+        self._in_flight.pop(task, None)
         self._attempt_done.set()
 
-    def _until_next_retry(self) -> float:
+    async def _stop_attempts(self) -> None:
+        """Cut attempts short and hand their deliveries back, due now, for whichever node runs next."""
+        cut = list(self._in_flight.values())
+        for task in list(self._in_flight):
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if cut:
+            try:
+                await self.store.release_deliveries(cut, owner=self.owner, now=now_micros())
+            except Exception as exc:  # their leases lapse instead
+                logger.warning("handing back %d webhook deliveries failed (%s)", len(cut), exc)
+
+    async def _prune_now_and_then(self) -> None:
         now = now_micros()
-        while self._retries and self._retries[0] <= now:
-            heapq.heappop(self._retries)
-        if not self._retries:
-            return self.poll_interval_seconds
-        return min(self.poll_interval_seconds, (self._retries[0] - now) / MICROS)
+        if now < self._next_prune:
+            return
+        self._next_prune = now + int(_PRUNE_INTERVAL_SECONDS * MICROS)
+        try:
+            pruned = await self.store.prune_deliveries(finished_before=now - int(self.keep_seconds * MICROS))
+        except Exception as exc:
+            logger.warning("pruning old webhook deliveries failed (%s)", exc)
+            return
+        if pruned:
+            logger.info("pruned %d webhook deliveries finished over %.0f days ago", pruned, self.keep_seconds / 86_400)
 
     async def _lease(self, slots: int) -> list[LeasedDelivery]:
         if slots <= 0:
@@ -130,7 +167,6 @@ class WebhookSender:
         elif retry_at is None:
             logger.error("webhook %s given up after %d attempts: %s", delivery.event_id, delivery.attempt, error)
         else:
-            heapq.heappush(self._retries, retry_at)
             logger.warning(
                 "webhook %s attempt %d failed (%s); retrying in %.1fs",
                 delivery.event_id,
@@ -159,6 +195,9 @@ class WebhookSender:
             return f"no answer within {self.policy.timeout_seconds:g}s"
         except aiohttp.ClientError as exc:
             return f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug here must still end in a recorded attempt, not a stuck lease
+            logger.exception("webhook %s: sending failed unexpectedly", delivery.event_id)
+            return f"{type(exc).__name__}: {exc}"
 
 
 def start_webhooks(store: Store, settings: Settings, *, owner: str | None) -> asyncio.Task[None] | None:
@@ -181,5 +220,6 @@ def start_webhooks(store: Store, settings: Settings, *, owner: str | None) -> as
             timeout_seconds=settings.webhook_timeout_seconds,
         ),
         poll_interval_seconds=min(settings.sweep_interval_seconds, 1.0),
+        keep_seconds=settings.results_retention_seconds,  # finished deliveries are kept as long as results
     )
     return asyncio.create_task(sender.run(), name="overnight-webhooks")

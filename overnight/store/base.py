@@ -588,6 +588,46 @@ class Store:
             ).all()
         return sorted((LeasedDelivery(*row) for row in rows), key=lambda delivery: delivery.id)
 
+    @reads
+    def next_delivery_due(self) -> int | None:
+        """When the next pending webhook delivery falls due (maybe already), or None if none is pending."""
+        wd = webhook_deliveries.c
+        with self.engine.connect() as conn:
+            due = conn.execute(select(func.min(wd.next_attempt_at)).where(DELIVERY_DUE)).scalar_one_or_none()
+        return None if due is None else int(due)
+
+    @writes
+    def release_deliveries(self, leased: Sequence[LeasedDelivery], *, owner: str, now: int) -> int:
+        """Hand back deliveries whose attempt was cut short (shutdown): due again now, for any sender."""
+        wd = webhook_deliveries.c
+        with self.engine.begin() as conn:
+            self._begin_write(conn)
+            return sum(
+                conn.execute(
+                    update(webhook_deliveries)
+                    .where(
+                        wd.id == delivery.id,
+                        wd.status == DELIVERY_PENDING,
+                        wd.lease_owner == owner,
+                        wd.attempts == delivery.attempt,
+                    )
+                    .values(lease_owner=None, next_attempt_at=now)
+                ).rowcount
+                for delivery in leased
+            )
+
+    @writes
+    def prune_deliveries(self, *, finished_before: int) -> int:
+        """Delete delivered and given-up webhook deliveries that finished before this time."""
+        wd = webhook_deliveries.c
+        with self.engine.begin() as conn:
+            self._begin_write(conn)
+            return int(
+                conn.execute(
+                    webhook_deliveries.delete().where(wd.status != DELIVERY_PENDING, wd.finished_at < finished_before)
+                ).rowcount
+            )
+
     @writes
     def finish_delivery_attempt(
         self,
@@ -603,17 +643,15 @@ class Store:
         A compare-and-set on this lease (owner and attempt): False if the lease had lapsed and another
         sender took the delivery meanwhile, which then records its own attempt."""
         wd = webhook_deliveries.c
-        values: dict[str, Any] = {"lease_owner": None, "last_error": error[:500] if error else None}
-        if error is None:
-            values.update(status=DELIVERED, finished_at=now)
+        values: dict[str, Any]
+        if error is None:  # keeps `last_error`: why earlier attempts failed
+            values = {"status": DELIVERED, "finished_at": now}
         elif retry_at is None:
-            values.update(status=DELIVERY_FAILED, finished_at=now)
+            values = {"status": DELIVERY_FAILED, "finished_at": now, "last_error": error[:500]}
         else:
-            values.update(next_attempt_at=retry_at)
+            values = {"next_attempt_at": retry_at, "last_error": error[:500]}
         with self.engine.begin() as conn:
             self._begin_write(conn)
-            if error is None:
-                del values["last_error"]  # keep why earlier attempts failed
             return bool(
                 conn.execute(
                     update(webhook_deliveries)
@@ -623,7 +661,7 @@ class Store:
                         wd.lease_owner == owner,
                         wd.attempts == delivery.attempt,
                     )
-                    .values(**values)
+                    .values(lease_owner=None, **values)
                 ).rowcount
             )
 

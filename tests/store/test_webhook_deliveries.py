@@ -180,3 +180,28 @@ async def test_concurrent_senders_never_share_a_delivery(store: Store) -> None:
     ids = [delivery.id for mine in taken for delivery in mine]
     assert sorted(ids) == sorted(row["id"] for row in deliveries(store))  # each once, none left behind
     assert {row["lease_owner"] for row in deliveries(store)} <= {"s0", "s1", "s2", "s3"}
+
+
+async def test_next_due_release_and_prune(store: Store) -> None:
+    assert await store.next_delivery_due() is None
+    for name in ("a", "b"):
+        batch = await make_batch(store, 1, batch_id=f"msgbatch_{name}")
+        await store.cancel_batch(batch.seq, 10 if name == "a" else 20)
+    assert await store.next_delivery_due() == 10
+    first, second = await store.lease_deliveries(2, owner="s1", now=30, lease_until=1_000)
+    assert await store.next_delivery_due() == 1_000  # both leased until then
+    # A sender that stops hands its cut-short attempts back, due at once; a stranger's hand-back is ignored.
+    assert await store.release_deliveries([first], owner="someone else", now=40) == 0
+    assert await store.release_deliveries([first], owner="s1", now=40) == 1
+    assert await store.next_delivery_due() == 40
+    [again] = await store.lease_deliveries(2, owner="s2", now=41, lease_until=2_000)
+    assert (again.event_id, again.attempt) == (first.event_id, 2)
+    assert await store.finish_delivery_attempt(again, owner="s2", now=50, error=None)
+    assert await store.finish_delivery_attempt(second, owner="s1", now=60, error="HTTP 404")
+    assert await store.next_delivery_due() is None
+    # Finished deliveries go once old enough; pending ones never.
+    assert await store.prune_deliveries(finished_before=50) == 0
+    assert await store.prune_deliveries(finished_before=55) == 1
+    assert [row["event_id"] for row in deliveries(store)] == [second.event_id]
+    assert await store.prune_deliveries(finished_before=61) == 1
+    assert deliveries(store) == []

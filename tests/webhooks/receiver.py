@@ -19,15 +19,18 @@ class Received:
 
 
 class Receiver:
-    """Answers `status` (default 204), except `fail_first` POSTs, which get 500."""
+    """Answers `status` (default 204), except `fail_first` POSTs, which get 500, and `hang_first`, which
+    get no answer until the receiver stops."""
 
-    def __init__(self, *, fail_first: int = 0, status: int = 204) -> None:
+    def __init__(self, *, fail_first: int = 0, status: int = 204, hang_first: int = 0) -> None:
         self.fail_first = fail_first
+        self.hang_first = hang_first
         self.status = status
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
+        self._stopping: asyncio.Event | None = None
         self.port = 0
 
     @property
@@ -46,6 +49,7 @@ class Receiver:
 
     def _serve(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
+        self._stopping = asyncio.Event()
         app = web.Application()
         app.router.add_post("/hooks/overnight", self._handle)
         self._runner = web.AppRunner(app)
@@ -57,6 +61,8 @@ class Receiver:
         self._loop.run_forever()
 
     async def _stop(self) -> None:
+        assert self._stopping is not None
+        self._stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -65,6 +71,10 @@ class Receiver:
         with self._lock:
             self.received.append(Received(dict(request.headers), body))
             failing = len(self.received) <= self.fail_first
+            hanging = len(self.received) <= self.hang_first
+        if hanging:
+            assert self._stopping is not None
+            await self._stopping.wait()
         return web.Response(status=500 if failing else self.status)
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:

@@ -159,3 +159,40 @@ def test_pending_delivery_is_sent_after_a_restart(server_factory: MakeServer, ma
         assert delivery.body == refused.body
         assert verified(secret, delivery)["data"] == batch_as_get_returns_it(server, batch.id)
         assert_no_more(up, 1)
+
+
+def test_attempt_cut_short_by_shutdown_is_sent_soon_after_restart(
+    server_factory: MakeServer, make_client: MakeClient
+) -> None:
+    """SIGTERM during an attempt hands the delivery back: after a restart it goes out at once, not after
+    its lease (timeout 20 s + 30 s) would have lapsed."""
+    secret = new_secret()
+    with Receiver(hang_first=1) as hanging:
+        server = server_factory(*webhook_args(hanging, secret, "--webhook-timeout", "20"))
+        client = make_client(server)
+        batch = client.messages.batches.create(requests=make_requests(1))  # type: ignore[arg-type]
+        wait_for_end(client, batch.id, total=1)
+        [cut] = hanging.wait_for(1)
+        server.stop()
+    with Receiver() as up:
+        server.args = webhook_args(up, secret)
+        server.start(port=server.port)
+        [delivery] = up.wait_for(1, timeout=10)
+        assert (delivery.headers["webhook-id"], delivery.body) == (cut.headers["webhook-id"], cut.body)
+        assert verified(secret, delivery)["data"]["id"] == batch.id
+
+
+def test_receiver_that_does_not_answer_in_time_gets_a_retry(
+    server_factory: MakeServer, make_client: MakeClient
+) -> None:
+    secret = new_secret()
+    with Receiver(hang_first=1) as receiver:
+        server = server_factory(*webhook_args(receiver, secret, "--webhook-timeout", "0.5"))
+        client = make_client(server)
+        batch = client.messages.batches.create(requests=make_requests(1))  # type: ignore[arg-type]
+        wait_for_end(client, batch.id, total=1)
+        timed_out, answered = receiver.wait_for(2)
+        assert timed_out.headers["webhook-id"] == answered.headers["webhook-id"]
+        assert answered.at - timed_out.at >= 0.5
+        assert "no answer within 0.5s" in server.stderr_tail()
+        assert_no_more(receiver, 2)
