@@ -13,38 +13,10 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.helpers import make_requests, request, sdk_results, wait_for_end
+from tests.metrics import delta, finished, scrape, value
 from tests.server import ServerProcess
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(proc: ServerProcess) -> Samples:
-    response = httpx.get(f"{proc.base_url}/metrics", timeout=10)
-    assert response.status_code == 200, response.text[:500]
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4"), response.headers
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            key = (sample.name, frozenset(sample.labels.items()))
-            assert key not in samples, f"duplicate sample {key}"
-            samples[key] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """A sample's value; 0 when absent (a count nothing has bumped yet is not listed)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
-
-
-def finished(result: str, backend: str = "", error_type: str = "") -> dict[str, str]:
-    return {"result": result, "backend": backend, "error_type": error_type}
 
 
 def test_a_batch_moves_every_count_by_what_it_did(server: ServerProcess, client: anthropic.Anthropic) -> None:
