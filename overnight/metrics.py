@@ -89,10 +89,13 @@ class BackendMeter:
     def used(self, usage: Mapping[str, Any]) -> None:
         """Add a successful call's `usage` (a Messages API usage object). Unrolled: once per request."""
         tokens = self.tokens
-        tokens[0] += usage.get("input_tokens") or 0
-        tokens[1] += usage.get("output_tokens") or 0
-        tokens[2] += usage.get("cache_creation_input_tokens") or 0
-        tokens[3] += usage.get("cache_read_input_tokens") or 0
+        try:
+            tokens[0] += usage.get("input_tokens") or 0
+            tokens[1] += usage.get("output_tokens") or 0
+            tokens[2] += usage.get("cache_creation_input_tokens") or 0
+            tokens[3] += usage.get("cache_read_input_tokens") or 0
+        except TypeError:
+            pass  # an upstream's malformed usage is not counted, and must not fail the call it came with
 
     def retried(self, error_type: str) -> None:
         self.retries[error_type] = self.retries.get(error_type, 0) + 1
