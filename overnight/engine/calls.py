@@ -18,7 +18,7 @@ from typing import Protocol
 from overnight.backends.base import Backend
 from overnight.engine.limits import AdaptiveLimit
 from overnight.exceptions import OvernightError, RateLimitError
-from overnight.metrics import Metrics
+from overnight.metrics import BackendMeter, Metrics
 from overnight.protocol.messages import MessageCreateParams
 from overnight.protocol.results import Message
 from overnight.store.records import NodeShare
@@ -78,6 +78,7 @@ class BackendCaller:
         self.default_limit = default_limit
         self.metrics = metrics or Metrics()
         self._limits: dict[int, AdaptiveLimit] = {}
+        self._meters: dict[int, BackendMeter] = {}
         self._share = NodeShare(rank=0, nodes=1)
         for backend in router.backends():
             self._limit_for(backend)  # so that /metrics shows every backend's cap from the start
@@ -90,7 +91,7 @@ class BackendCaller:
         """
         backend = self.router.resolve(params.model)
         limit = self._limit_for(backend)
-        meter = self.metrics.backend(backend.name)
+        meter = self._meters[id(backend)]
         attempt = 1
         while True:
             try:
@@ -127,7 +128,8 @@ class BackendCaller:
             if backend.max_concurrency and backend.max_concurrency_scope == "cluster":
                 cap = self._share.share_of(backend.max_concurrency)
             self._limits[key] = AdaptiveLimit(cap)
-            self.metrics.backend(backend.name).cap = self._limits[key]
+            self._meters[key] = self.metrics.backend(backend.name)
+            self._meters[key].cap = self._limits[key]
         return self._limits[key]
 
     def apply_node_share(self, share: NodeShare) -> None:

@@ -357,8 +357,7 @@ class Scheduler:
         for completion in group:
             self._held.pop(completion.request_id, None)
         # Counted as written: a result that lost its lease meanwhile (expired, recovered) is not one.
-        for completion in completed.written:
-            self.metrics.finished(completion.state, completion.backend, completion.error_type)
+        self.metrics.written(completed.written)
         self.metrics.batches_ended += completed.batches_ended
         now = time.perf_counter()
         elapsed = max(now - self._last_flush_at, _FLUSH_INTERVAL_SECONDS)

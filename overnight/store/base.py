@@ -411,10 +411,10 @@ class Store:
                 .select_from(requests)
                 .where(requests.c.batch_seq.in_(unfinished), requests.c.state == RUNNING)
             )
-            waiting, running = int(processing.scalar_one()), int(leased.scalar_one())
-        # `processing` counts pending and running requests; on PostgreSQL the two reads may see
+            unfinished_requests, leased_requests = int(processing.scalar_one()), int(leased.scalar_one())
+        # `processing` counts pending and leased (running) requests; on PostgreSQL the two reads may see
         # different commits, so the difference is kept from going negative.
-        return max(0, waiting - running), running
+        return max(0, unfinished_requests - leased_requests), leased_requests
 
     @writes
     def lease_requests(

@@ -13,38 +13,10 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.helpers import make_requests, request, sdk_results, wait_for_end
+from tests.metrics import delta, finished, scrape, value
 from tests.server import ServerProcess
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(proc: ServerProcess) -> Samples:
-    response = httpx.get(f"{proc.base_url}/metrics", timeout=10)
-    assert response.status_code == 200, response.text[:500]
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4"), response.headers
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            key = (sample.name, frozenset(sample.labels.items()))
-            assert key not in samples, f"duplicate sample {key}"
-            samples[key] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """A sample's value; 0 when absent (a count nothing has bumped yet is not listed)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
-
-
-def finished(result: str, backend: str = "", error_type: str = "") -> dict[str, str]:
-    return {"result": result, "backend": backend, "error_type": error_type}
 
 
 def test_a_batch_moves_every_count_by_what_it_did(server: ServerProcess, client: anthropic.Anthropic) -> None:
@@ -112,16 +84,24 @@ def test_pending_and_running_while_a_batch_runs(
     proc = server_factory("--fake-latency-ms", "300", "--concurrency", "2")
     client = make_client(proc)
     batch = client.messages.batches.create(requests=make_requests(12, prefix="queued"))  # type: ignore[arg-type]
-    time.sleep(0.5)
-    during = scrape(proc)
-    # Two calls at a time, under a cap of 2; the rest are waiting (pending) or leased into the buffer.
-    assert value(during, "overnight_requests_running") == 2
-    assert value(during, "overnight_backend_calls_in_flight", backend="fake") == 2
+    # Two calls at a time, under a cap of 2; the rest are waiting (pending) or leased into the buffer, or
+    # finished. The queue is read from the database just before the counts are rendered, so a group of
+    # results written in between can put one scrape off by that group: the next one agrees.
+    seen = []
+    for _ in range(40):
+        during = scrape(proc)
+        running = value(during, "overnight_requests_running")
+        in_flight = value(during, "overnight_backend_calls_in_flight", backend="fake")
+        pending = value(during, "overnight_requests_pending")
+        leased = value(during, "overnight_requests_leased")
+        done = value(during, "overnight_requests_finished_total", **finished("succeeded", "fake"))
+        seen.append((running, in_flight, pending, leased, done))
+        if running == in_flight == 2 and pending > 0 and leased >= 2 and pending + leased + done == 12:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"no scrape showed 2 running and the rest pending, leased or done: {seen}")
     assert value(during, "overnight_backend_concurrency_cap", backend="fake") == 2
-    waiting = value(during, "overnight_requests_pending")
-    leased = value(during, "overnight_requests_leased")
-    finished_so_far = value(during, "overnight_requests_finished_total", **finished("succeeded", "fake"))
-    assert leased >= 2 and waiting + leased + finished_so_far == 12, (waiting, leased, finished_so_far)
     client.messages.batches.cancel(batch.id)
     wait_for_end(client, batch.id, timeout=15)
 
