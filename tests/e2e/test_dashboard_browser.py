@@ -92,11 +92,13 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 
 
 def _wait(driver: Any, predicate: Callable[[Any], Any], what: str, timeout: float = WAIT_S) -> Any:
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # The page re-renders its tables while polling: an element found a moment ago may be gone; look again.
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(predicate)
+        return wait.until(predicate)
     except TimeoutException:
         raise AssertionError(
             f"timed out after {timeout}s waiting for {what}; page text:\n"
