@@ -1,6 +1,6 @@
 """The config file: named backends and the ordered model routes to them, in TOML.
 
-    [backends.gemma]
+    [backends.smollm]
     type = "local"                      # local | anthropic | openai | fake
     instances = 1
 
@@ -22,7 +22,7 @@
 
     [[routes]]
     model = "*"
-    backend = "gemma"
+    backend = "smollm"
 
 Routes are tried in order and the first match wins. A backend with `model` renames every request it
 serves; the Message still echoes the client's model name. A relative `model_path` is relative to the
