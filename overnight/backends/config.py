@@ -32,13 +32,13 @@ config file. Secrets are best given as `api_key_env`, read when the backend is b
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from overnight.config_file import read_toml
 from overnight.protocol.validation import Location, describe_error
 
 
@@ -131,14 +131,7 @@ class RouterConfig(_Spec):
 def load_router_config(path: Path | str) -> RouterConfig:
     """Read and validate a routing config; every problem becomes a `RouterConfigError` naming the field."""
     path = Path(path)
-    try:
-        with path.open("rb") as file:
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise RouterConfigError(f"{path}: cannot read the routing config: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RouterConfigError(f"{path}: invalid TOML: {exc}") from None
-    config = parse_router_config(data, source=str(path))
+    config = parse_router_config(read_toml(path, RouterConfigError), source=str(path))
     return _with_paths_relative_to(config, path.parent)
 
 

@@ -599,18 +599,12 @@ class Store:
     @writes
     def release_deliveries(self, leased: Sequence[LeasedDelivery], *, owner: str, now: int) -> int:
         """Hand back deliveries whose attempt was cut short (shutdown): due again now, for any sender."""
-        wd = webhook_deliveries.c
         with self.engine.begin() as conn:
             self._begin_write(conn)
             return sum(
                 conn.execute(
                     update(webhook_deliveries)
-                    .where(
-                        wd.id == delivery.id,
-                        wd.status == DELIVERY_PENDING,
-                        wd.lease_owner == owner,
-                        wd.attempts == delivery.attempt,
-                    )
+                    .where(_holds_delivery(delivery, owner))
                     .values(lease_owner=None, next_attempt_at=now)
                 ).rowcount
                 for delivery in leased
@@ -642,7 +636,6 @@ class Store:
 
         A compare-and-set on this lease (owner and attempt): False if the lease had lapsed and another
         sender took the delivery meanwhile, which then records its own attempt."""
-        wd = webhook_deliveries.c
         values: dict[str, Any]
         if error is None:  # keeps `last_error`: why earlier attempts failed
             values = {"status": DELIVERED, "finished_at": now}
@@ -655,12 +648,7 @@ class Store:
             return bool(
                 conn.execute(
                     update(webhook_deliveries)
-                    .where(
-                        wd.id == delivery.id,
-                        wd.status == DELIVERY_PENDING,
-                        wd.lease_owner == owner,
-                        wd.attempts == delivery.attempt,
-                    )
+                    .where(_holds_delivery(delivery, owner))
                     .values(lease_owner=None, **values)
                 ).rowcount
             )
@@ -798,3 +786,14 @@ def _cursor_seq(conn: Connection, workspace: str, batch_id: str) -> int:
     if seq is None:
         raise UnknownCursorError(batch_id)
     return int(seq)
+
+
+def _holds_delivery(delivery: LeasedDelivery, owner: str) -> ColumnElement[bool]:
+    """The delivery is still pending and leased by `owner` for this very attempt (a compare-and-set)."""
+    wd = webhook_deliveries.c
+    return and_(
+        wd.id == delivery.id,
+        wd.status == DELIVERY_PENDING,
+        wd.lease_owner == owner,
+        wd.attempts == delivery.attempt,
+    )

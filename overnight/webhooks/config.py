@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from overnight.config_file import read_toml
 
 SECRET_PREFIX = "whsec_"
 _SECRET_BYTES = (24, 64)  # what the Standard Webhooks spec asks of a secret
@@ -126,14 +127,7 @@ def parse_workspaces(data: Mapping[str, Any], *, source: str = "config") -> dict
 
 
 def load_workspaces(path: Path) -> dict[str, WorkspaceSpec]:
-    try:
-        with path.open("rb") as file:
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise WebhookConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise WebhookConfigError(f"{path}: invalid TOML: {exc}") from None
-    return parse_workspaces(data, source=str(path))
+    return parse_workspaces(read_toml(path, WebhookConfigError), source=str(path))
 
 
 def resolve_webhook_targets(
