@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anthropic
 import httpx
@@ -198,19 +198,32 @@ def test_head_just_under_the_cap_and_a_body_in_one_packet_are_served(raw: httpx.
     assert json.loads(response)["input_tokens"] > 0
 
 
-def test_connections_beyond_the_cap_are_503_and_the_server_recovers(server: ServerProcess, raw: httpx.Client) -> None:
-    held = [_connect(server) for _ in range(MAX_CONNECTIONS)]
+def test_connections_beyond_the_cap_are_503_and_the_server_recovers(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # Its own server, with a head timeout long enough that the held connections stay open under any load.
+    proc = server_factory("--max-connections", str(MAX_CONNECTIONS), "--head-timeout", "60")
+    held = [_connect(proc) for _ in range(MAX_CONNECTIONS)]
     try:
-        time.sleep(0.2)  # the server has accepted them all
-        with _connect(server) as extra:
+        # Accepted in order, so the extra one is the ninth the server sees.
+        with _connect(proc) as extra:
             status, headers, body = _read_response(extra)
         _assert_envelope(status, headers, body, 503, "overloaded_error")
         assert headers["retry-after"] == "1"
     finally:
         for sock in held:
             sock.close()
-    time.sleep(0.2)
-    assert raw.get("/v1/models").status_code == 200
+    deadline = time.monotonic() + 10
+    while (status := _status_of_one_request(proc)) == 503 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server has not yet seen every held connection close
+    assert status == 200
+
+
+def _status_of_one_request(proc: ServerProcess) -> int:
+    with _connect(proc) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        status, _, _ = _read_response(sock)
+    return status
 
 
 # -- header values that feed per-request work ------------------------------------------------------

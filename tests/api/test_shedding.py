@@ -45,8 +45,10 @@ def test_beyond_the_bound_is_529_with_retry_after_and_held_creates_complete(
     body = json.dumps({"requests": make_requests(3, prefix="held")}).encode()
     held = [_start_slow_create(server, body) for _ in range(IN_FLIGHT)]
     try:
-        time.sleep(0.3)  # both heads parsed, both handlers waiting for their bodies
-        response = raw.get(BATCHES)
+        # Once both heads are parsed, both handlers wait for their bodies, holding both slots.
+        deadline = time.monotonic() + 10
+        while (response := raw.get(BATCHES)).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert_error(response, 529, "overloaded_error")
         assert response.headers["retry-after"] == "1"
         assert raw.get("/healthz").status_code == 200, "the probe is never shed"
