@@ -36,6 +36,7 @@ def _object(properties: dict[str, Any], *, required: list[str] | None = None, **
 
 
 _TIMESTAMP = {"type": "string", "format": "date-time"}
+_RESULT_TYPES = ("succeeded", "errored", "canceled", "expired")
 _COUNT = {"type": "integer", "minimum": 0}
 
 
@@ -148,6 +149,18 @@ def _schemas() -> dict[str, Any]:
             {"type": {"const": "workspace_usage"}, "workspace": {"type": "string"}, "batches": _COUNT, **usage}
         ),
         "Health": _object({"status": {"const": "ok"}}),
+        "ResultsPage": _object(
+            {
+                "type": {"const": "results_page"},
+                "batch_id": {"type": "string"},
+                "result_type": _nullable({"enum": list(_RESULT_TYPES)}),
+                "offset": _COUNT,
+                "limit": {"type": "integer", "minimum": 1},
+                # Each item is one line of the results JSONL: {"custom_id", "result": {...}}.
+                "data": {"type": "array", "items": {"type": "object", "required": ["custom_id", "result"]}},
+                "has_more": {"type": "boolean"},
+            }
+        ),
     }
     return schemas
 
@@ -316,6 +329,45 @@ def _paths() -> dict[str, Any]:
                 parameters=[_BATCH_ID],
                 errors=_NOT_FOUND,
             )
+        },
+        "/v1/overnight/batches/{batch_id}/results": {
+            "get": _operation(
+                "batchResultsPage",
+                "One page of an ended batch's results, filtered (overnight's own; the dashboard reads it)",
+                _json("ResultsPage", "Result lines in order"),
+                parameters=[
+                    _BATCH_ID,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "type", "in": "query", "required": False, "schema": {"enum": list(_RESULT_TYPES)}},
+                    {
+                        "name": "custom_id",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "Keep only results whose custom_id contains this text.",
+                    },
+                ],
+                errors=_NOT_FOUND,
+            )
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics of this node (no key needed)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
         },
         "/v1/overnight/usage": {
             "get": _operation(

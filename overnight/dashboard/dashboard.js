@@ -407,10 +407,10 @@ async function refreshBatch(batchId) {
   let batch;
   let usage;
   try {
-    [batch, usage] = await Promise.all([
-      apiJson("GET", "/v1/messages/batches/" + encodeURIComponent(batchId)),
-      apiJson("GET", `/v1/overnight/batches/${encodeURIComponent(batchId)}/usage`),
-    ]);
+    // One after the other: usage read after the batch is at least as new, so an ended batch (which
+    // stops the polling) never stays shown with the usage of a moment before its last results.
+    batch = await apiJson("GET", "/v1/messages/batches/" + encodeURIComponent(batchId));
+    usage = await apiJson("GET", `/v1/overnight/batches/${encodeURIComponent(batchId)}/usage`);
   } catch (err) {
     if (state.route === batchId) pollFailed(err, () => refreshBatch(batchId));
     return;

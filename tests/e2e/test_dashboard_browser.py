@@ -230,8 +230,15 @@ def test_sign_in_submit_watch_results_cancel_delete(
         f"{keyed_server.base_url}/v1/overnight/batches/{batch_id}/usage", headers={"x-api-key": KEY}
     ).json()
     assert usage["input_tokens"] > 0
-    assert _stat(driver, "batch-usage", "input_tokens") == f"{usage['input_tokens']:,}"
-    assert _stat(driver, "batch-usage", "output_tokens") == f"{usage['output_tokens']:,}"
+    # Usage is fetched beside the batch, so it may show the poll before the last results for a moment.
+    _wait(
+        driver,
+        lambda d: (
+            _stat(d, "batch-usage", "input_tokens") == f"{usage['input_tokens']:,}"
+            and _stat(d, "batch-usage", "output_tokens") == f"{usage['output_tokens']:,}"
+        ),
+        "the batch's final token usage",
+    )
 
     # The whole JSONL, downloaded through the browser (fetched with the key header, saved from a blob).
     _by_id(driver, "download-results").click()
