@@ -1,0 +1,245 @@
+"""Chat-completions request → Messages params, and a Message → ChatCompletion.
+
+The backends speak the Messages API, so a chat-completions body (a synchronous call, or one line of an
+OpenAI-format batch) is translated to `MessageCreateParams` and the answer back. Faithful or it refuses:
+what has no Messages equivalent is a 400 naming the field. Choices where the formats differ:
+
+- `system` and `developer` messages (text only) become the `system` prompt, joined with "\\n".
+- `max_completion_tokens` (or the older `max_tokens`) becomes `max_tokens`; absent, `DEFAULT_MAX_TOKENS`.
+- `temperature` above 1 (OpenAI allows up to 2, the Messages API up to 1) is refused, not rescaled.
+- Text parts only: image, audio and file parts are refused by name.
+- Function tools map to tools; `tool_calls` and `role: tool` messages to tool_use / tool_result blocks.
+- `finish_reason`: end_turn/stop_sequence → stop, max_tokens → length, tool_use → tool_calls,
+  refusal → content_filter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from overnight import ids
+from overnight.exceptions import InvalidRequestError
+from overnight.protocol.messages import MessageCreateParams, describe_validation_error
+from overnight.protocol.results import Message
+
+DEFAULT_MAX_TOKENS = 4096
+
+# Accepted and not needed by any backend (hints, bookkeeping) or with the only value we support.
+_IGNORED_KEYS = {"user", "store", "metadata", "service_tier", "seed", "parallel_tool_calls", "prompt_cache_key"}
+_HANDLED_KEYS = {
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "n",
+    "stream", "tools", "tool_choice", "logprobs", "response_format", "top_k",
+}
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def chat_to_params(body: Any) -> MessageCreateParams:
+    """Messages params for a chat-completions request body (already decoded JSON)."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("body: must be a JSON object")
+    unknown = sorted(set(body) - _HANDLED_KEYS - _IGNORED_KEYS)
+    if unknown:
+        raise InvalidRequestError(f"{unknown[0]}: not supported by this server's chat completions")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("model: Model parameter is required.")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("messages: must be a non-empty list of messages")
+    if body.get("stream"):
+        raise InvalidRequestError("stream: streaming is not supported here; send stream=false")
+    if body.get("n") not in (None, 1):
+        raise InvalidRequestError("n: only n=1 is supported")
+    if body.get("logprobs"):
+        raise InvalidRequestError("logprobs: not supported by this server")
+    response_format = body.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise InvalidRequestError("response_format: only {'type': 'text'} is supported")
+
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for index, item in enumerate(messages):
+        if not isinstance(item, dict):
+            raise InvalidRequestError(f"messages.{index}: must be an object")
+        role = item.get("role")
+        if role in ("system", "developer"):
+            system.append(_text_of(item.get("content"), f"messages.{index}.content"))
+        elif role == "user":
+            _append(turns, "user", [_text_block(_text_of(item.get("content"), f"messages.{index}.content"))])
+        elif role == "assistant":
+            _append(turns, "assistant", _assistant_blocks(item, index))
+        elif role == "tool":
+            call_id = item.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise InvalidRequestError(f"messages.{index}.tool_call_id: required for a tool message")
+            text = _text_of(item.get("content"), f"messages.{index}.content")
+            _append(turns, "user", [{"type": "tool_result", "tool_use_id": call_id, "content": text}])
+        else:
+            raise InvalidRequestError(f"messages.{index}.role: unsupported role {role!r}")
+    if not turns:
+        raise InvalidRequestError("messages: at least one user message is required")
+
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    params: dict[str, Any] = {
+        "model": model,
+        "messages": turns,
+        "max_tokens": DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
+    }
+    if system:
+        params["system"] = "\n".join(system)
+    temperature = body.get("temperature")
+    if isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature > 1:
+        raise InvalidRequestError("temperature: values above 1 are not supported by this server's backends")
+    for source, target in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k")):
+        if body.get(source) is not None:
+            params[target] = body[source]
+    stop = body.get("stop")
+    if stop is not None:
+        params["stop_sequences"] = [stop] if isinstance(stop, str) else stop
+    params.update(_tools(body))
+    return _validated(params)
+
+
+def _validated(params: dict[str, Any]) -> MessageCreateParams:
+    from pydantic import ValidationError
+
+    try:
+        return MessageCreateParams.model_validate(params)
+    except ValidationError as exc:
+        raise InvalidRequestError(describe_validation_error(exc)) from None
+
+
+def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    """Consecutive messages of one role merge into one turn (tool results and the user's text alike)."""
+    if turns and turns[-1]["role"] == role:
+        turns[-1]["content"].extend(blocks)
+    else:
+        turns.append({"role": role, "content": blocks})
+
+
+def _text_block(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def _text_of(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for index, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise InvalidRequestError(f"{where}.{index}: only text parts are supported, got {kind!r}")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise InvalidRequestError(f"{where}: must be a string or a list of text parts")
+
+
+def _assistant_blocks(item: dict[str, Any], index: int) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    content = item.get("content")
+    if content:
+        blocks.append(_text_block(_text_of(content, f"messages.{index}.content")))
+    for call_index, call in enumerate(item.get("tool_calls") or []):
+        where = f"messages.{index}.tool_calls.{call_index}"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise InvalidRequestError(f"{where}: must be a function call with a name")
+        try:
+            arguments = json.loads(function.get("arguments") or "{}")
+        except (TypeError, ValueError):
+            raise InvalidRequestError(f"{where}.function.arguments: must be a JSON object string") from None
+        if not isinstance(arguments, dict):
+            raise InvalidRequestError(f"{where}.function.arguments: must be a JSON object string")
+        blocks.append({"type": "tool_use", "id": str(call.get("id") or ids.tool_use_id()),
+                       "name": function["name"], "input": arguments})
+    if not blocks:
+        raise InvalidRequestError(f"messages.{index}: an assistant message needs content or tool_calls")
+    return blocks
+
+
+def _tools(body: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    tools = body.get("tools")
+    if tools:
+        converted = []
+        for index, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
+                raise InvalidRequestError(f"tools.{index}: only function tools are supported")
+            converted_tool: dict[str, Any] = {
+                "name": function.get("name"),
+                "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+            }
+            if function.get("description") is not None:
+                converted_tool["description"] = function["description"]
+            converted.append(converted_tool)
+        result["tools"] = converted
+    choice = body.get("tool_choice")
+    if choice is None:
+        return result
+    if choice == "auto":
+        result["tool_choice"] = {"type": "auto"}
+    elif choice == "required":
+        result["tool_choice"] = {"type": "any"}
+    elif choice == "none":
+        result["tool_choice"] = {"type": "none"}
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        result["tool_choice"] = {"type": "tool", "name": choice["function"].get("name")}
+    else:
+        raise InvalidRequestError("tool_choice: must be 'auto', 'required', 'none' or a function")
+    return result
+
+
+def chat_completion(message: Message, *, model: str) -> dict[str, Any]:
+    """The ChatCompletion for a Message (every key the SDK requires; usage always present)."""
+    texts = [block["text"] for block in message.get("content", []) if block.get("type") == "text"]
+    calls = [
+        {
+            "id": block["id"],
+            "type": "function",
+            "function": {"name": block["name"], "arguments": json.dumps(block.get("input") or {})},
+        }
+        for block in message.get("content", [])
+        if block.get("type") == "tool_use"
+    ]
+    reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None,
+                             "refusal": None}
+    if calls:
+        reply["tool_calls"] = calls
+    usage = message.get("usage") or {}
+    prompt = sum(int(usage.get(key) or 0) for key in
+                 ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+    completion = int(usage.get("output_tokens") or 0)
+    cached = int(usage.get("cache_read_input_tokens") or 0)
+    return {
+        "id": "chatcmpl-" + message.get("id", ids.message_id()).removeprefix("msg_"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": reply,
+                "logprobs": None,
+                "finish_reason": _FINISH_REASONS.get(str(message.get("stop_reason")), "stop"),
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        },
+        "system_fingerprint": None,
+    }
