@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import openai
@@ -36,15 +37,15 @@ def line(custom_id: str, text: str, **body: Any) -> dict[str, Any]:
     }
 
 
-def jsonl(lines: list[dict[str, Any]] | list[str]) -> bytes:
+def jsonl(lines: Sequence[dict[str, Any] | str]) -> bytes:
     return "".join((item if isinstance(item, str) else json.dumps(item)) + "\n" for item in lines).encode()
 
 
-def upload(client: openai.OpenAI, lines: list[dict[str, Any]] | list[str], name: str = "input.jsonl") -> str:
+def upload(client: openai.OpenAI, lines: Sequence[dict[str, Any] | str], name: str = "input.jsonl") -> str:
     return client.files.create(file=(name, jsonl(lines)), purpose="batch").id
 
 
-def create(client: openai.OpenAI, lines: list[dict[str, Any]] | list[str], **kwargs: Any) -> Batch:
+def create(client: openai.OpenAI, lines: Sequence[dict[str, Any] | str], **kwargs: Any) -> Batch:
     return client.batches.create(
         input_file_id=upload(client, lines), endpoint="/v1/chat/completions", completion_window="24h", **kwargs
     )

@@ -119,7 +119,7 @@ def test_invalid_input_file_fails_the_batch(
 
 def test_every_bad_line_is_reported(client: openai.OpenAI) -> None:
     batch = create(client, ["nope", line("a", "ok"), "{", {**line("b", "ok"), "url": "/v1/x"}])
-    assert batch.errors is not None
+    assert batch.errors is not None and batch.errors.data is not None
     assert [(e.code, e.line) for e in batch.errors.data] == [
         ("invalid_json_line", 1), ("invalid_json_line", 3), ("invalid_url", 4)]
 
@@ -127,7 +127,7 @@ def test_every_bad_line_is_reported(client: openai.OpenAI) -> None:
 def test_unknown_input_file_fails_the_batch(client: openai.OpenAI) -> None:
     batch = client.batches.create(input_file_id="file-missing", endpoint="/v1/chat/completions",
                                   completion_window="24h")
-    assert batch.status == "failed" and batch.errors is not None
+    assert batch.status == "failed" and batch.errors is not None and batch.errors.data
     assert batch.errors.data[0].param == "file_id"
 
 
