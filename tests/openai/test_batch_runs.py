@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
-import openai
 import pytest
 
 from tests.openai.helpers import MODEL, create, line, make_client, read_lines, wait_until
