@@ -11,6 +11,10 @@ what has no Messages equivalent is a 400 naming the field. Choices where the for
 - Function tools map to tools; `tool_calls` and `role: tool` messages to tool_use / tool_result blocks.
 - `finish_reason`: end_turn/stop_sequence → stop, max_tokens → length, tool_use → tool_calls,
   refusal → content_filter.
+
+The params keep the body as sent (`native_body`): an OpenAI-compatible upstream gets that body itself,
+not a translation of the translation, and its completion comes back as it answered (`NATIVE_COMPLETION`
+in the Message), normalised only where the SDK's types would reject it.
 """
 
 from __future__ import annotations
@@ -19,12 +23,29 @@ import json
 import time
 from typing import Any
 
+from pydantic import PrivateAttr, ValidationError
+
 from overnight import ids
 from overnight.exceptions import InvalidRequestError
 from overnight.protocol.messages import MessageCreateParams, describe_validation_error
 from overnight.protocol.results import Message
 
 DEFAULT_MAX_TOKENS = 4096
+NATIVE_COMPLETION = "_openai_chat_completion"
+"""Key of a Message under which an OpenAI-compatible backend leaves the completion it received."""
+_FINISH_REASON_VALUES = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+_SERVICE_TIERS = {"auto", "default", "flex", "scale", "priority", "fast"}
+
+
+class ChatCompletionParams(MessageCreateParams):
+    """Messages params translated from a chat-completions body, which they keep for native sending."""
+
+    _chat_body: dict[str, Any] | None = PrivateAttr(default=None)
+
+
+def native_body(params: MessageCreateParams) -> dict[str, Any] | None:
+    """The chat-completions body `params` were translated from, if they were."""
+    return params._chat_body if isinstance(params, ChatCompletionParams) else None
 
 # Accepted and not needed by any backend (hints, bookkeeping) or with the only value we support.
 _IGNORED_KEYS = {"user", "store", "metadata", "service_tier", "seed", "parallel_tool_calls", "prompt_cache_key"}
@@ -107,16 +128,16 @@ def chat_to_params(body: Any) -> MessageCreateParams:
     if stop is not None:
         params["stop_sequences"] = [stop] if isinstance(stop, str) else stop
     params.update(_tools(body))
-    return _validated(params)
+    return _validated(params, body)
 
 
-def _validated(params: dict[str, Any]) -> MessageCreateParams:
-    from pydantic import ValidationError
-
+def _validated(params: dict[str, Any], body: dict[str, Any]) -> ChatCompletionParams:
     try:
-        return MessageCreateParams.model_validate(params)
+        validated = ChatCompletionParams.model_validate(params)
     except ValidationError as exc:
         raise InvalidRequestError(describe_validation_error(exc)) from None
+    validated._chat_body = body
+    return validated
 
 
 def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
@@ -202,7 +223,11 @@ def _tools(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def chat_completion(message: Message, *, model: str) -> dict[str, Any]:
-    """The ChatCompletion for a Message (every key the SDK requires; usage always present)."""
+    """The ChatCompletion for a Message (every key the SDK requires; usage always present); the
+    upstream's own completion where an OpenAI-compatible backend answered natively."""
+    native = message.get(NATIVE_COMPLETION)
+    if isinstance(native, dict):
+        return _normalized(native, message, model=model)
     texts = [block["text"] for block in message.get("content", []) if block.get("type") == "text"]
     calls = [
         {
@@ -243,3 +268,34 @@ def chat_completion(message: Message, *, model: str) -> dict[str, Any]:
         },
         "system_fingerprint": None,
     }
+
+
+def _normalized(data: dict[str, Any], message: Message, *, model: str) -> dict[str, Any]:
+    """An upstream's completion as the SDK's strict types accept it: the client's model name, a
+    finish_reason among OpenAI's, usage with all three counts, no service tier OpenAI does not name."""
+    translated = chat_completion({k: v for k, v in message.items() if k != NATIVE_COMPLETION}, model=model)
+    completion = {**translated, **data, "object": "chat.completion", "model": model}
+    if not isinstance(completion.get("id"), str):
+        completion["id"] = translated["id"]
+    if not isinstance(completion.get("created"), int):
+        completion["created"] = translated["created"]
+    choices = []
+    raw_choices = data.get("choices")
+    for index, choice in enumerate(raw_choices if isinstance(raw_choices, list) else []):
+        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+            continue
+        reason = choice.get("finish_reason")
+        choices.append({
+            **choice,
+            "index": choice.get("index") if isinstance(choice.get("index"), int) else index,
+            "message": {**choice["message"], "role": "assistant"},
+            "finish_reason": reason if reason in _FINISH_REASON_VALUES else translated["choices"][0]["finish_reason"],
+        })
+    completion["choices"] = choices or translated["choices"]
+    usage = data.get("usage")
+    if not (isinstance(usage, dict) and all(isinstance(usage.get(key), int)
+                                            for key in ("prompt_tokens", "completion_tokens", "total_tokens"))):
+        completion["usage"] = translated["usage"]
+    if completion.get("service_tier") not in _SERVICE_TIERS:
+        completion["service_tier"] = None
+    return completion
