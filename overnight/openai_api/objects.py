@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from overnight.store.openai import FileRecord, OpenAIBatchRecord
-from overnight.store.records import CANCELING, ENDED, IN_PROGRESS
+from overnight.store.records import CANCELING, ENDED, IN_PROGRESS, BatchRecord
 from overnight.timestamps import MICROS
 
 
@@ -81,7 +81,7 @@ def batch_object(record: OpenAIBatchRecord) -> dict[str, Any]:
         "cancelling_at": seconds(batch.cancel_initiated_at) if batch is not None else None,
         "cancelled_at": finalized if status == "cancelled" else None,
         "request_counts": counts,
-        "usage": None,
+        "usage": _usage(batch) if batch is not None else None,
         "metadata": msgspec.json.decode(record.metadata) if record.metadata else None,
     }
 
@@ -93,4 +93,16 @@ def page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
         "has_more": has_more,
+    }
+
+
+def _usage(batch: BatchRecord) -> dict[str, Any]:
+    """The tokens the batch's answers used so far, in OpenAI's terms (cached tokens are part of input)."""
+    input_tokens = batch.input_tokens + batch.cache_read_input_tokens + batch.cache_creation_input_tokens
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": batch.cache_read_input_tokens},
+        "output_tokens": batch.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + batch.output_tokens,
     }

@@ -51,6 +51,8 @@ def test_batch_completes_with_output_and_error_files(client: openai.OpenAI) -> N
     assert (batch.request_counts.completed, batch.request_counts.failed) == (4, 1)
     assert batch.metadata == {"purpose": "test"} and batch.model == MODEL
     assert batch.completed_at is not None and batch.finalizing_at is not None
+    assert batch.usage is not None and batch.usage.output_tokens == 3 * 4  # three words answered, four times
+    assert batch.usage.total_tokens == batch.usage.input_tokens + batch.usage.output_tokens
     assert batch.in_progress_at is not None and batch.created_at <= batch.in_progress_at <= batch.completed_at
 
     output = read_lines(client, batch.output_file_id)
