@@ -96,7 +96,11 @@ def chat_to_params(body: Any) -> MessageCreateParams:
         if role in ("system", "developer"):
             system.append(_text_of(item.get("content"), f"messages.{index}.content"))
         elif role == "user":
-            _append(turns, "user", [_text_block(_text_of(item.get("content"), f"messages.{index}.content"))])
+            content = item.get("content")
+            if isinstance(content, str) and (not turns or turns[-1]["role"] != "user"):
+                turns.append({"role": "user", "content": content})  # the common case, kept a plain string
+            else:
+                _append(turns, "user", [_text_block(_text_of(content, f"messages.{index}.content"))])
         elif role == "assistant":
             _append(turns, "assistant", _assistant_blocks(item, index))
         elif role == "tool":
@@ -143,7 +147,10 @@ def _validated(params: dict[str, Any], body: dict[str, Any]) -> ChatCompletionPa
 def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
     """Consecutive messages of one role merge into one turn (tool results and the user's text alike)."""
     if turns and turns[-1]["role"] == role:
-        turns[-1]["content"].extend(blocks)
+        previous = turns[-1]["content"]
+        if isinstance(previous, str):
+            turns[-1]["content"] = previous = [_text_block(previous)]
+        previous.extend(blocks)
     else:
         turns.append({"role": role, "content": blocks})
 
@@ -228,27 +235,29 @@ def chat_completion(message: Message, *, model: str) -> dict[str, Any]:
     native = message.get(NATIVE_COMPLETION)
     if isinstance(native, dict):
         return _normalized(native, message, model=model)
-    texts = [block["text"] for block in message.get("content", []) if block.get("type") == "text"]
-    calls = [
-        {
-            "id": block["id"],
-            "type": "function",
-            "function": {"name": block["name"], "arguments": json.dumps(block.get("input") or {})},
-        }
-        for block in message.get("content", [])
-        if block.get("type") == "tool_use"
-    ]
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in message.get("content") or ():
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            calls.append({
+                "id": block["id"],
+                "type": "function",
+                "function": {"name": block["name"], "arguments": json.dumps(block.get("input") or {})},
+            })
     reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None,
                              "refusal": None}
     if calls:
         reply["tool_calls"] = calls
     usage = message.get("usage") or {}
-    prompt = sum(int(usage.get(key) or 0) for key in
-                 ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
-    completion = int(usage.get("output_tokens") or 0)
-    cached = int(usage.get("cache_read_input_tokens") or 0)
+    cached = usage.get("cache_read_input_tokens") or 0
+    prompt = (usage.get("input_tokens") or 0) + cached + (usage.get("cache_creation_input_tokens") or 0)
+    completion = usage.get("output_tokens") or 0
+    message_id = message.get("id")
     return {
-        "id": "chatcmpl-" + message.get("id", ids.message_id()).removeprefix("msg_"),
+        "id": "chatcmpl-" + (message_id[4:] if isinstance(message_id, str) else ids.message_id()[4:]),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
