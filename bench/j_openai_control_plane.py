@@ -47,8 +47,13 @@ def input_file(count: int) -> bytes:
 
 def _server(bench: Run, name: str, count: int) -> ChildServer:
     return overnight_server(
-        bench.work / name, "--concurrency", str(bench.args.concurrency), "--max-requests", str(max(count, 100_000)),
-        "--openai-max-file-lines", str(max(count, 50_000)),
+        bench.work / name,
+        "--concurrency",
+        str(bench.args.concurrency),
+        "--max-requests",
+        str(max(count, 100_000)),
+        "--openai-max-file-lines",
+        str(max(count, 50_000)),
     )
 
 
@@ -60,8 +65,11 @@ def anthropic_once(bench: Run, body: bytes, count: int, attempt: int) -> Timed:
         total = time.perf_counter() - start
     if work.succeeded(drained.batch) != count or download.lines != count:
         raise RuntimeError(f"anthropic: {drained.batch['request_counts']}, {download.lines} lines")
-    return Timed(total, {"create": drained.create_seconds, "run": drained.run_seconds,
-                         "download": download.seconds}, download.bytes)
+    return Timed(
+        total,
+        {"create": drained.create_seconds, "run": drained.run_seconds, "download": download.seconds},
+        download.bytes,
+    )
 
 
 def openai_once(bench: Run, content: bytes, count: int, attempt: int) -> Timed:
@@ -72,8 +80,14 @@ def openai_once(bench: Run, content: bytes, count: int, attempt: int) -> Timed:
         uploaded = http.post("/v1/files", files={"file": ("input.jsonl", content)}, data={"purpose": "batch"})
         uploaded.raise_for_status()
         upload_done = time.perf_counter()
-        created = http.post("/v1/batches", json={"input_file_id": uploaded.json()["id"], "completion_window": "24h",
-                                                 "endpoint": "/v1/chat/completions"})
+        created = http.post(
+            "/v1/batches",
+            json={
+                "input_file_id": uploaded.json()["id"],
+                "completion_window": "24h",
+                "endpoint": "/v1/chat/completions",
+            },
+        )
         created.raise_for_status()
         batch = created.json()
         create_done = time.perf_counter()
@@ -89,9 +103,16 @@ def openai_once(bench: Run, content: bytes, count: int, attempt: int) -> Timed:
         total = time.perf_counter() - start
     if batch["status"] != "completed" or batch["request_counts"]["completed"] != count or lines != count:
         raise RuntimeError(f"openai: {batch['status']} {batch['request_counts']}, {lines} lines")
-    return Timed(total, {"upload": upload_done - start, "create": create_done - upload_done,
-                         "run (incl. writing the output file)": run_done - create_done,
-                         "download": total - (run_done - start)}, size)
+    return Timed(
+        total,
+        {
+            "upload": upload_done - start,
+            "create": create_done - upload_done,
+            "run (incl. writing the output file)": run_done - create_done,
+            "download": total - (run_done - start),
+        },
+        size,
+    )
 
 
 def run(bench: Run) -> Report:

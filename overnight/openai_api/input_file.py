@@ -53,8 +53,15 @@ def check_input_file(
     if not lines:
         return CheckedInput([], None, [batch_error("empty_file", "The input file is empty.")])
     if len(lines) > max_lines:
-        return CheckedInput([], None, [batch_error(
-            "too_many_tasks", f"The input file has {len(lines)} requests; a batch holds at most {max_lines}.")])
+        return CheckedInput(
+            [],
+            None,
+            [
+                batch_error(
+                    "too_many_tasks", f"The input file has {len(lines)} requests; a batch holds at most {max_lines}."
+                )
+            ],
+        )
     items: list[tuple[str, msgspec.Raw]] = []
     errors: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -84,38 +91,97 @@ def _check_line(
 ) -> tuple[dict[str, Any] | None, str | None, str | None]:
     for key in ("custom_id", "method", "url", "body"):
         if getattr(line, key) is None or (key == "body" and not line.body):
-            return batch_error("missing_required_parameter", f"Missing required parameter: '{key}'.",
-                               line=number, param=key), None, None
+            return (
+                batch_error(
+                    "missing_required_parameter", f"Missing required parameter: '{key}'.", line=number, param=key
+                ),
+                None,
+                None,
+            )
     custom_id = line.custom_id
     if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= _MAX_CUSTOM_ID_CHARS or not custom_id.isprintable():
-        return batch_error("invalid_request", "custom_id must be a string of 1 to 64 printable characters.",
-                           line=number, param="custom_id"), None, None
+        return (
+            batch_error(
+                "invalid_request",
+                "custom_id must be a string of 1 to 64 printable characters.",
+                line=number,
+                param="custom_id",
+            ),
+            None,
+            None,
+        )
     if custom_id in seen:
-        return batch_error("duplicate_custom_id", f"The custom_id '{custom_id}' is used by an earlier line.",
-                           line=number, param="custom_id"), None, None
+        return (
+            batch_error(
+                "duplicate_custom_id",
+                f"The custom_id '{custom_id}' is used by an earlier line.",
+                line=number,
+                param="custom_id",
+            ),
+            None,
+            None,
+        )
     if line.method != "POST":
-        return batch_error("invalid_request", "Only the POST method is supported.",
-                           line=number, param="method"), None, None
+        return (
+            batch_error("invalid_request", "Only the POST method is supported.", line=number, param="method"),
+            None,
+            None,
+        )
     if line.url != endpoint:
-        return batch_error("invalid_url", "The URL provided for this request does not match the batch endpoint.",
-                           line=number, param="url"), None, None
+        return (
+            batch_error(
+                "invalid_url",
+                "The URL provided for this request does not match the batch endpoint.",
+                line=number,
+                param="url",
+            ),
+            None,
+            None,
+        )
     try:
         body = _decode_body(line.body)
     except msgspec.ValidationError:
         return batch_error("invalid_request", "The body must be a JSON object.", line=number, param="body"), None, None
     if not isinstance(body.model, str) or not body.model:
-        return batch_error("invalid_request", "Model parameter is required.", line=number,
-                           param="body.model"), None, None
+        return (
+            batch_error("invalid_request", "Model parameter is required.", line=number, param="body.model"),
+            None,
+            None,
+        )
     if not isinstance(body.messages, list) or not body.messages:
-        return batch_error("invalid_request", "Messages parameter is required.", line=number,
-                           param="body.messages"), None, None
+        return (
+            batch_error("invalid_request", "Messages parameter is required.", line=number, param="body.messages"),
+            None,
+            None,
+        )
     if body.stream is True:
-        return batch_error("streaming_unsupported", "Chat Completions: Streaming is not supported in the Batch API.",
-                           line=number, param="body.stream"), None, None
+        return (
+            batch_error(
+                "streaming_unsupported",
+                "Chat Completions: Streaming is not supported in the Batch API.",
+                line=number,
+                param="body.stream",
+            ),
+            None,
+            None,
+        )
     if model is not None and body.model != model:
-        return batch_error("model_mismatch", "A batch's requests must all use the same model.",
-                           line=number, param="body.model"), None, None
+        return (
+            batch_error(
+                "model_mismatch", "A batch's requests must all use the same model.", line=number, param="body.model"
+            ),
+            None,
+            None,
+        )
     if model is None and not model_is_served(body.model):
-        return batch_error("model_not_found", f"The provided model '{body.model}' is not supported by the Batch API.",
-                           line=number, param="body.model"), None, None
+        return (
+            batch_error(
+                "model_not_found",
+                f"The provided model '{body.model}' is not supported by the Batch API.",
+                line=number,
+                param="body.model",
+            ),
+            None,
+            None,
+        )
     return None, custom_id, body.model

@@ -56,8 +56,11 @@ def batch_object(record: OpenAIBatchRecord) -> dict[str, Any]:
     batch = record.batch
     counts = {"total": 0, "completed": 0, "failed": 0}
     if batch is not None:
-        counts = {"total": batch.total, "completed": batch.succeeded,
-                  "failed": batch.errored + batch.canceled + batch.expired}
+        counts = {
+            "total": batch.total,
+            "completed": batch.succeeded,
+            "failed": batch.errored + batch.canceled + batch.expired,
+        }
     finalized = seconds(record.finalized_at)
     errors = msgspec.json.decode(record.errors) if record.errors else None
     return {

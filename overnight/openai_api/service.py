@@ -26,7 +26,7 @@ from overnight.protocol.codecs import OPENAI_CODEC
 from overnight.service import WorkListener
 from overnight.store import QueueFullError, Store, UnknownCursorError
 from overnight.store.openai import FileRecord, OpenAIBatchRecord, OpenAIStore
-from overnight.store.records import CANCELED, CANCELING, ENDED, OPENAI, SUCCEEDED
+from overnight.store.records import CANCELED, CANCELING, ENDED, OPENAI
 from overnight.timestamps import MICROS, now_micros
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,14 @@ COMPLETION_WINDOW = "24h"
 FILE_TTL_SECONDS = 30 * 86_400  # OpenAI's default for batch files
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions",)
 KNOWN_ENDPOINTS = (
-    "/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/moderations",
-    "/v1/images/generations", "/v1/images/edits", "/v1/videos",
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
 )
 _MAX_METADATA_PAIRS = 16
 
@@ -51,7 +57,11 @@ class _CreateBatch(msgspec.Struct):
 
 class OpenAIService:
     def __init__(
-        self, store: Store, settings: Settings, router: BackendRouter, listener: WorkListener | None,
+        self,
+        store: Store,
+        settings: Settings,
+        router: BackendRouter,
+        listener: WorkListener | None,
         metrics: Metrics,
     ) -> None:
         self.store = OpenAIStore(store)
@@ -65,15 +75,19 @@ class OpenAIService:
 
     async def upload(self, workspace: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
         if purpose != "batch":
-            raise OpenAIRequestError(f"purpose: only 'batch' is supported by this server, got {purpose!r}",
-                                     param="purpose", code="invalid_value")
+            raise OpenAIRequestError(
+                f"purpose: only 'batch' is supported by this server, got {purpose!r}",
+                param="purpose",
+                code="invalid_value",
+            )
         if not filename.endswith(".jsonl"):
             raise OpenAIRequestError("Invalid file format for Batch API. Must be .jsonl", param="file")
         if len(content) > self.settings.openai_max_file_bytes:
             raise OpenAIRequestError("File is too large.", param="file")
         now = now_micros()
-        record = FileRecord(0, file_id(), workspace, purpose, filename[:512], len(content), now,
-                            now + FILE_TTL_SECONDS * MICROS)
+        record = FileRecord(
+            0, file_id(), workspace, purpose, filename[:512], len(content), now, now + FILE_TTL_SECONDS * MICROS
+        )
         return file_object(await self.store.insert_file(record, content))
 
     async def retrieve_file(self, workspace: str, file_id: str) -> dict[str, Any]:
@@ -82,7 +96,7 @@ class OpenAIService:
     async def file_content(self, workspace: str, file_id: str) -> bytes:
         content = await self.store.file_content(workspace, file_id)
         if content is None:
-            raise _file_not_found(file_id)
+            raise _file_not_found(file_id)  # or its batch's results were archived
         return content
 
     async def list_files(
@@ -113,19 +127,39 @@ class OpenAIService:
         request = _decode_create(body)
         metadata = _checked_metadata(request.metadata)
         if request.completion_window != COMPLETION_WINDOW:
-            raise OpenAIRequestError(f"completion_window: only '{COMPLETION_WINDOW}' is supported",
-                                     param="completion_window", code="invalid_value")
+            raise OpenAIRequestError(
+                f"completion_window: only '{COMPLETION_WINDOW}' is supported",
+                param="completion_window",
+                code="invalid_value",
+            )
         if request.endpoint not in SUPPORTED_ENDPOINTS:
             raise OpenAIRequestError(
                 f"endpoint: {request.endpoint!r} is not supported by this server; supported: "
-                + ", ".join(SUPPORTED_ENDPOINTS), param="endpoint", code="invalid_value")
+                + ", ".join(SUPPORTED_ENDPOINTS),
+                param="endpoint",
+                code="invalid_value",
+            )
         if not isinstance(request.input_file_id, str) or not request.input_file_id:
-            raise OpenAIRequestError("input_file_id: required", param="input_file_id",
-                                     code="missing_required_parameter")
+            raise OpenAIRequestError(
+                "input_file_id: required", param="input_file_id", code="missing_required_parameter"
+            )
         now = now_micros()
         record = OpenAIBatchRecord(
-            0, openai_batch_id(), workspace, None, request.endpoint, request.input_file_id, COMPLETION_WINDOW,
-            None, msgspec.json.encode(metadata) if metadata is not None else None, None, now, None, None, None, None,
+            0,
+            openai_batch_id(),
+            workspace,
+            None,
+            request.endpoint,
+            request.input_file_id,
+            COMPLETION_WINDOW,
+            None,
+            msgspec.json.encode(metadata) if metadata is not None else None,
+            None,
+            now,
+            None,
+            None,
+            None,
+            None,
         )
         errors: list[dict[str, Any]]
         content = await self.store.file_content(workspace, request.input_file_id)
@@ -135,9 +169,12 @@ class OpenAIService:
         elif file.purpose != "batch":
             errors = [batch_error("invalid_request", "The input file's purpose must be 'batch'.", param="file_id")]
         else:
-            checked = check_input_file(content, endpoint=request.endpoint,
-                                       max_lines=self.settings.openai_max_file_lines,
-                                       model_is_served=self._serves)
+            checked = check_input_file(
+                content,
+                endpoint=request.endpoint,
+                max_lines=self.settings.openai_max_file_lines,
+                model_is_served=self._serves,
+            )
             errors = checked.errors
             if not errors:
                 return await self._start(msgspec.structs.replace(record, model=checked.model), checked.items, now)
@@ -154,7 +191,9 @@ class OpenAIService:
     async def _start(self, record: OpenAIBatchRecord, items: list[tuple[str, Any]], now: int) -> dict[str, Any]:
         try:
             started = await self.store.insert_batch(
-                record, items, expires_at=now + int(self.settings.batch_ttl_seconds * MICROS),
+                record,
+                items,
+                expires_at=now + int(self.settings.batch_ttl_seconds * MICROS),
                 max_queued_requests=self.settings.max_queued_requests,
             )
         except QueueFullError as exc:
@@ -209,16 +248,21 @@ class OpenAIService:
         batch = record.batch
         if batch is None or batch.status != ENDED or record.finalized_at is not None:
             return record
-        lines = await self.store.outcome_lines(batch, OPENAI_CODEC.derived_line)
-        output = b"".join(line for state, line in lines if state == SUCCEEDED)
-        errors = b"".join(line for state, line in lines if state != SUCCEEDED)
         now = now_micros()
-        expires = now + FILE_TTL_SECONDS * MICROS
-        output_file = (FileRecord(0, file_id(), record.workspace, "batch_output", f"{record.id}_output.jsonl",
-                                  len(output), now, expires) if output else None)
-        error_file = (FileRecord(0, file_id(), record.workspace, "batch_output", f"{record.id}_error.jsonl",
-                                 len(errors), now, expires) if errors else None)
-        await self.store.finalize(record, output_file, output, error_file, errors, now)
+
+        def make_file(kind: str, size: int) -> FileRecord:
+            return FileRecord(
+                0,
+                file_id(),
+                record.workspace,
+                "batch_output",
+                f"{record.id}_{kind}.jsonl",
+                size,
+                now,
+                now + FILE_TTL_SECONDS * MICROS,
+            )
+
+        await self.store.finalize(record, OPENAI_CODEC.derived_line, make_file, now)
         refreshed = await self.store.get_batch(record.workspace, record.id)
         assert refreshed is not None
         return refreshed
@@ -240,11 +284,11 @@ def _checked_metadata(metadata: Any) -> dict[str, str] | None:
         raise OpenAIRequestError(f"metadata: at most {_MAX_METADATA_PAIRS} pairs", param="metadata")
     for key, value in metadata.items():
         if not isinstance(value, str):
-            raise OpenAIRequestError(f"metadata.{key}: must be a string", param=f"metadata.{key}",
-                                     code="invalid_type")
+            raise OpenAIRequestError(f"metadata.{key}: must be a string", param=f"metadata.{key}", code="invalid_type")
         if len(key) > 64 or len(value) > 512:
-            raise OpenAIRequestError(f"metadata.{key}: keys are at most 64 characters, values 512",
-                                     param=f"metadata.{key}")
+            raise OpenAIRequestError(
+                f"metadata.{key}: keys are at most 64 characters, values 512", param=f"metadata.{key}"
+            )
     return metadata
 
 

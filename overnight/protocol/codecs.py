@@ -82,14 +82,18 @@ class OpenAICodec:
         return chat_to_params(decode_json(msgspec.json.decode, body))
 
     def succeeded_line(self, custom_id: str, message: Message, params: MessageCreateParams) -> bytes:
-        response = {"status_code": 200, "request_id": ids.request_id(),
-                    "body": chat_completion(message, model=params.model)}
+        response = {
+            "status_code": 200,
+            "request_id": ids.request_id(),
+            "body": chat_completion(message, model=params.model),
+        }
         return _line(custom_id, response, None)
 
     def errored_line(self, custom_id: str, error: OvernightError, error_type: str) -> bytes:
         status = error.status_code if 400 <= error.status_code < 600 else 500
-        envelope = {"error": {"message": error.message, "type": openai_error_type(error_type), "param": None,
-                              "code": None}}
+        envelope = {
+            "error": {"message": error.message, "type": openai_error_type(error_type), "param": None, "code": None}
+        }
         return _line(custom_id, {"status_code": status, "request_id": ids.request_id(), "body": envelope}, None)
 
     def derived_line(self, custom_id: str, state: str) -> bytes:

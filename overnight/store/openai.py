@@ -9,14 +9,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from overnight.store.base import Store, UnknownCursorError
-from overnight.store.records import OPENAI, BatchRecord
+from overnight.store.records import CANCELED, EXPIRED, OPENAI, SUCCEEDED, BatchRecord
 from overnight.store.tables import batches, files, openai_batches, requests
 
 T = TypeVar("T")
 _OUTCOME_CHUNK = 5000
+NEVER_RAN = (CANCELED, EXPIRED)
 
 
 class FileRecord(msgspec.Struct, frozen=True):
@@ -48,12 +49,6 @@ class OpenAIBatchRecord(msgspec.Struct, frozen=True):
     error_file_id: str | None
     batch: BatchRecord | None = None
     """The engine's row (None for a batch that failed validation and never ran)."""
-
-
-class NewFile(msgspec.Struct, frozen=True):
-    id: str
-    filename: str
-    content: bytes
 
 
 _FILE_COLUMNS = [files.c[name] for name in FileRecord.__struct_fields__]
@@ -96,11 +91,18 @@ class OpenAIStore:
         return await self._read(get)
 
     async def file_content(self, workspace: str, file_id: str) -> bytes | None:
+        """The file's bytes; None if there is no such file, or its batch's results were archived."""
+
         def get() -> bytes | None:
             with self.engine.connect() as conn:
-                return conn.execute(
-                    select(files.c.content).where(files.c.id == file_id, files.c.workspace == workspace)
-                ).scalar_one_or_none()
+                row = conn.execute(
+                    select(files.c.content, files.c.batch_seq, files.c.kind).where(
+                        files.c.id == file_id, files.c.workspace == workspace
+                    )
+                ).one_or_none()
+                if row is None or row.content is not None:
+                    return None if row is None else bytes(row.content)
+                return _batch_lines(conn, row.batch_seq, row.kind)
 
         return await self._read(get)
 
@@ -175,9 +177,10 @@ class OpenAIStore:
         def get() -> OpenAIBatchRecord | None:
             with self.engine.connect() as conn:
                 rows = _with_engine_rows(
-                    conn, select(*_OPENAI_COLUMNS).where(
+                    conn,
+                    select(*_OPENAI_COLUMNS).where(
                         openai_batches.c.id == batch_id, openai_batches.c.workspace == workspace
-                    )
+                    ),
                 )
             return rows[0] if rows else None
 
@@ -203,35 +206,23 @@ class OpenAIStore:
 
         return await self._read(page)
 
-    async def outcome_lines(self, batch: BatchRecord, render: Callable[[str, str], bytes]) -> list[tuple[str, bytes]]:
-        """(state, line) of every request of an ended batch; `render(custom_id, state)` makes the lines
-        of requests that never ran (canceled, expired)."""
-
-        def read() -> list[tuple[str, bytes]]:
-            out: list[tuple[str, bytes]] = []
-            first, last = batch.first_request_id, batch.last_request_id
-            if first is None or last is None:
-                return out
-            with self.engine.connect() as conn:
-                for low in range(first, last + 1, _OUTCOME_CHUNK):
-                    rows = conn.execute(
-                        select(requests.c.custom_id, requests.c.state, requests.c.result)
-                        .where(requests.c.id.between(low, min(low + _OUTCOME_CHUNK - 1, last)),
-                               requests.c.batch_seq == batch.seq)
-                        .order_by(requests.c.id)
-                    ).all()
-                    out.extend((state, result if result is not None else render(custom_id, state))
-                               for custom_id, state, result in rows)
-            return out
-
-        return await self._read(read)
-
     async def finalize(
-        self, record: OpenAIBatchRecord, output: FileRecord | None, output_content: bytes,
-        error: FileRecord | None, error_content: bytes, now: int,
+        self,
+        record: OpenAIBatchRecord,
+        render: Callable[[str, str], bytes],
+        make_file: Callable[[str, int], FileRecord],
+        now: int,
     ) -> bool:
-        """Store the output and error files of an ended batch and link them, exactly once (False: another
-        call or node did it first, and nothing was written)."""
+        """Give an ended batch its output and error files, exactly once (False: another call or node did
+        it first, and nothing changed).
+
+        The files are rows naming the batch and a kind, not copies: their lines stay in `requests`. The
+        requests that never ran get their lines (`render(custom_id, state)`) stored here, so that both
+        files are plain reads of stored lines. `make_file(kind, size)` names a file of `kind`
+        (`output`, `error`); an empty one is not made.
+        """
+        assert record.batch is not None
+        seq = record.batch.seq
 
         def write() -> bool:
             with self.engine.begin() as conn:
@@ -239,17 +230,42 @@ class OpenAIStore:
                 moved = conn.execute(
                     update(openai_batches)
                     .where(openai_batches.c.seq == record.seq, openai_batches.c.finalized_at.is_(None))
-                    .values(finalized_at=now, output_file_id=output.id if output else None,
-                            error_file_id=error.id if error else None)
+                    .values(finalized_at=now)
                 ).rowcount
                 if not moved:
                     conn.rollback()
                     return False
-                for file, content in ((output, output_content), (error, error_content)):
-                    if file is not None:
-                        values = msgspec.structs.asdict(file)
-                        del values["seq"]
-                        conn.execute(files.insert().values(**values, content=content))
+                never_ran = conn.execute(
+                    select(requests.c.id, requests.c.custom_id, requests.c.state).where(
+                        requests.c.batch_seq == seq, requests.c.state.in_(NEVER_RAN), requests.c.result.is_(None)
+                    )
+                ).all()
+                if never_ran:
+                    conn.execute(
+                        update(requests)
+                        .where(requests.c.id == bindparam("request_id"))
+                        .values(result=bindparam("line")),
+                        [{"request_id": rid, "line": render(cid, state)} for rid, cid, state in never_ran],
+                    )
+                sizes: dict[bool, int] = dict(
+                    conn.execute(
+                        select(
+                            requests.c.state == SUCCEEDED, func.coalesce(func.sum(func.length(requests.c.result)), 0)
+                        )
+                        .where(requests.c.batch_seq == seq)
+                        .group_by(requests.c.state == SUCCEEDED)
+                    ).all()
+                )
+                linked: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
+                for kind, size in (("output", sizes.get(True, 0)), ("error", sizes.get(False, 0))):
+                    if not size:
+                        continue
+                    file = make_file(kind, int(size))
+                    values = msgspec.structs.asdict(file)
+                    del values["seq"]
+                    conn.execute(files.insert().values(**values, batch_seq=seq, kind=kind))
+                    linked[f"{kind}_file_id"] = file.id
+                conn.execute(update(openai_batches).where(openai_batches.c.seq == record.seq).values(**linked))
                 return True
 
         return await self._write(write)
@@ -272,3 +288,25 @@ def _with_engine_rows(conn: Connection, query: Any) -> list[OpenAIBatchRecord]:
         msgspec.structs.replace(row, batch=engine_rows.get(row.batch_seq)) if row.batch_seq is not None else row
         for row in rows
     ]
+
+
+def _batch_lines(conn: Connection, seq: int, kind: str) -> bytes | None:
+    """An output (`kind` output) or error file's lines, read from its batch's requests in id order."""
+    first, last = conn.execute(
+        select(batches.c.first_request_id, batches.c.last_request_id).where(batches.c.seq == seq)
+    ).one()
+    if first is None or last is None:
+        return None  # archived
+    wanted = requests.c.state == SUCCEEDED if kind == "output" else requests.c.state != SUCCEEDED
+    parts: list[bytes] = []
+    for low in range(first, last + 1, _OUTCOME_CHUNK):
+        parts.extend(
+            conn.execute(
+                select(requests.c.result)
+                .where(
+                    requests.c.id.between(low, min(low + _OUTCOME_CHUNK - 1, last)), requests.c.batch_seq == seq, wanted
+                )
+                .order_by(requests.c.id)
+            ).scalars()
+        )
+    return b"".join(parts)

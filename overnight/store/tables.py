@@ -128,7 +128,11 @@ files = Table(
     Column("bytes", BigInteger, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=True),
-    Column("content", LargeBinary, nullable=False),
+    # An uploaded file's bytes; NULL for a batch's output or error file, whose lines are read from the
+    # batch's requests (`batch_seq`; `kind` output: the succeeded ones, error: the rest), not copied.
+    Column("content", LargeBinary, nullable=True),
+    Column("batch_seq", _Id, ForeignKey("batches.seq", ondelete="CASCADE"), nullable=True),
+    Column("kind", String(8), nullable=True),
     Index("ix_files_workspace_seq", "workspace", "seq"),
 )
 

@@ -21,13 +21,24 @@ _OUR_ID_LENGTH = len("chatcmpl-") + 24  # ours: chatcmpl- and 24 base62 characte
 
 def _run(proc: ServerProcess) -> dict[str, ChatCompletion]:
     with make_client(proc, timeout=120.0) as client:
-        batch = create(client, [
-            line("sea", "Write a sentence about the sea.", max_tokens=8, temperature=0.0),
-            {**line("system", "Tell me about the moon.", max_completion_tokens=8, temperature=0.0),
-             "body": {"model": MODEL, "max_completion_tokens": 8, "temperature": 0.0, "messages": [
-                 {"role": "system", "content": "You are an astronomer."},
-                 {"role": "user", "content": "Tell me about the moon."}]}},
-        ])
+        batch = create(
+            client,
+            [
+                line("sea", "Write a sentence about the sea.", max_tokens=8, temperature=0.0),
+                {
+                    **line("system", "Tell me about the moon.", max_completion_tokens=8, temperature=0.0),
+                    "body": {
+                        "model": MODEL,
+                        "max_completion_tokens": 8,
+                        "temperature": 0.0,
+                        "messages": [
+                            {"role": "system", "content": "You are an astronomer."},
+                            {"role": "user", "content": "Tell me about the moon."},
+                        ],
+                    },
+                },
+            ],
+        )
         done = wait_until(client, batch.id, deadline_s=180)
         assert done.status == "completed", done
         assert done.request_counts is not None and done.request_counts.completed == 2
@@ -55,8 +66,9 @@ def test_openai_batch_on_the_local_model(start_overnight: StartOvernight, local_
 def test_openai_batch_sent_natively_to_an_openai_compatible_upstream(
     start_overnight: StartOvernight, llama_server: LlamaServer
 ) -> None:
-    proc = start_overnight("--upstream-url", llama_server.base_url, "--upstream-api-key", llama_server.api_key,
-                           backend="openai")
+    proc = start_overnight(
+        "--upstream-url", llama_server.base_url, "--upstream-api-key", llama_server.api_key, backend="openai"
+    )
     before = len(llama_server.calls())
     completions = _run(proc)
     _check(completions)
@@ -64,7 +76,8 @@ def test_openai_batch_sent_natively_to_an_openai_compatible_upstream(
     # The upstream's own completion (its id, not one of ours), under the client's model name.
     assert all(len(c.id) != _OUR_ID_LENGTH and c.model == MODEL for c in completions.values())
     with make_client(proc, timeout=120.0) as client:
-        sync = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}],
-                                              max_tokens=4, temperature=0.0)
+        sync = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, temperature=0.0
+        )
         assert sync.choices[0].message.content and len(sync.id) != _OUR_ID_LENGTH
         assert json.loads(sync.model_dump_json())["object"] == "chat.completion"

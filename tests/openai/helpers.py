@@ -51,8 +51,9 @@ def create(client: openai.OpenAI, lines: Sequence[dict[str, Any] | str], **kwarg
     )
 
 
-def wait_until(client: openai.OpenAI, batch_id: str, statuses: tuple[str, ...] = TERMINAL,
-               deadline_s: float = 60.0) -> Batch:
+def wait_until(
+    client: openai.OpenAI, batch_id: str, statuses: tuple[str, ...] = TERMINAL, deadline_s: float = 60.0
+) -> Batch:
     deadline = time.monotonic() + deadline_s
     while True:
         batch = client.batches.retrieve(batch_id)

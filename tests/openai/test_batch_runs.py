@@ -57,15 +57,21 @@ def test_kill_9_mid_batch_loses_and_repeats_nothing(slow: ServerProcess) -> None
         assert done.status == "completed" and done.error_file_id is None
         output = read_lines(client, done.output_file_id)  # asserts each custom_id appears once
         assert {key: item["response"]["body"]["choices"][0]["message"]["content"] for key, item in output.items()} == {
-            f"r{i}": f"text {i}" for i in range(16)}
+            f"r{i}": f"text {i}" for i in range(16)
+        }
 
 
 def test_openai_batch_gets_turns_beside_a_big_anthropic_batch(slow: ServerProcess) -> None:
     with anthropic.Anthropic(base_url=slow.base_url, api_key="k", max_retries=0) as claude, make_client(slow) as client:
-        big = claude.messages.batches.create(requests=[
-            {"custom_id": f"a{i}", "params": {"model": MODEL, "max_tokens": 10,
-                                              "messages": [{"role": "user", "content": "hi"}]}}
-            for i in range(60)])
+        big = claude.messages.batches.create(
+            requests=[
+                {
+                    "custom_id": f"a{i}",
+                    "params": {"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+                }
+                for i in range(60)
+            ]
+        )
         small = create(client, [line(f"o{i}", "hi") for i in range(4)])
         done = wait_until(client, small.id)
         assert done.status == "completed"

@@ -79,7 +79,10 @@ def test_all_succeeded_has_no_error_file(client: openai.OpenAI) -> None:
     batch = wait_until(client, create(client, [line("only", "just one")]).id)
     assert batch.status == "completed" and batch.error_file_id is None
     assert read_lines(client, batch.output_file_id)["only"]["response"]["body"]["choices"][0]["message"] == {
-        "role": "assistant", "content": "just one", "refusal": None}
+        "role": "assistant",
+        "content": "just one",
+        "refusal": None,
+    }
 
 
 def _raw_line(**changes: Any) -> dict[str, Any]:
@@ -95,14 +98,28 @@ def _raw_line(**changes: Any) -> dict[str, Any]:
         ([line("a", "ok"), line("a", "again")], "duplicate_custom_id", 2, "custom_id"),
         ([{**line("a", "ok"), "url": "/v1/embeddings"}], "invalid_url", 1, "url"),
         ([line(f"r{i}", "ok") for i in range(MAX_LINES + 1)], "too_many_tasks", None, None),
-        ([{k: v for k, v in line("a", "ok").items() if k != "custom_id"}], "missing_required_parameter", 1,
-         "custom_id"),
+        (
+            [{k: v for k, v in line("a", "ok").items() if k != "custom_id"}],
+            "missing_required_parameter",
+            1,
+            "custom_id",
+        ),
         ([line("a", "ok", stream=True)], "streaming_unsupported", 1, "body.stream"),
-        ([line("a", "ok"), {**line("b", "ok"), "body": {"model": "other", "messages": []}}], "invalid_request", 2,
-         "body.messages"),
-        ([line("a", "ok"), {**line("b", "ok"), "body": {"model": "other", "messages": [{"role": "user",
-                                                                                       "content": "x"}]}}],
-         "model_mismatch", 2, "body.model"),
+        (
+            [line("a", "ok"), {**line("b", "ok"), "body": {"model": "other", "messages": []}}],
+            "invalid_request",
+            2,
+            "body.messages",
+        ),
+        (
+            [
+                line("a", "ok"),
+                {**line("b", "ok"), "body": {"model": "other", "messages": [{"role": "user", "content": "x"}]}},
+            ],
+            "model_mismatch",
+            2,
+            "body.model",
+        ),
         ([{**line("a", "ok"), "method": "GET"}], "invalid_request", 1, "method"),
     ],
 )
@@ -123,12 +140,16 @@ def test_every_bad_line_is_reported(client: openai.OpenAI) -> None:
     batch = create(client, ["nope", line("a", "ok"), "{", {**line("b", "ok"), "url": "/v1/x"}])
     assert batch.errors is not None and batch.errors.data is not None
     assert [(e.code, e.line) for e in batch.errors.data] == [
-        ("invalid_json_line", 1), ("invalid_json_line", 3), ("invalid_url", 4)]
+        ("invalid_json_line", 1),
+        ("invalid_json_line", 3),
+        ("invalid_url", 4),
+    ]
 
 
 def test_unknown_input_file_fails_the_batch(client: openai.OpenAI) -> None:
-    batch = client.batches.create(input_file_id="file-missing", endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+    batch = client.batches.create(
+        input_file_id="file-missing", endpoint="/v1/chat/completions", completion_window="24h"
+    )
     assert batch.status == "failed" and batch.errors is not None and batch.errors.data
     assert batch.errors.data[0].param == "file_id"
 
@@ -139,16 +160,19 @@ def test_create_refusals(client: openai.OpenAI) -> None:
         client.batches.create(input_file_id=file_id, endpoint="/v1/embeddings", completion_window="24h")
     assert (caught.value.param, caught.value.code) == ("endpoint", "invalid_value")
     with pytest.raises(openai.BadRequestError) as caught:
-        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
-                              completion_window="48h")  # type: ignore[arg-type]
+        window: Any = "48h"
+        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window=window)
     assert caught.value.param == "completion_window"
     with pytest.raises(openai.BadRequestError) as caught:
-        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
-                              metadata={"n": 1})  # type: ignore[dict-item]
+        not_strings: Any = {"n": 1}
+        client.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h", metadata=not_strings
+        )
     assert (caught.value.param, caught.value.code) == ("metadata.n", "invalid_type")
     # metadata=None is sent as JSON null, and accepted.
-    accepted = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
-                                     completion_window="24h", metadata=None)
+    accepted = client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h", metadata=None
+    )
     assert accepted.metadata is None
 
 
@@ -171,10 +195,17 @@ def test_list_pages_newest_first_and_each_api_lists_its_own(server: ServerProces
     with pytest.raises(openai.BadRequestError):
         client.batches.list(after="batch_unknown")
 
-    with anthropic.Anthropic(base_url=server.base_url, api_key=KEY, max_retries=0,
-                             _strict_response_validation=True) as claude:
-        message_batch = claude.messages.batches.create(requests=[{"custom_id": "a", "params": {
-            "model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}}])
+    with anthropic.Anthropic(
+        base_url=server.base_url, api_key=KEY, max_retries=0, _strict_response_validation=True
+    ) as claude:
+        message_batch = claude.messages.batches.create(
+            requests=[
+                {
+                    "custom_id": "a",
+                    "params": {"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+                }
+            ]
+        )
         listed = [b.id for b in claude.messages.batches.list(limit=100)]
         assert message_batch.id in listed and not set(ids) & set(listed)
         with pytest.raises(anthropic.NotFoundError):
@@ -202,14 +233,18 @@ def test_chat_completions_answer_synchronously(server: ServerProcess, client: op
     )
     assert completion.choices[0].message.content == "hello there"
     assert completion.object == "chat.completion" and completion.model == MODEL
-    cut = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "one two three"}],
-                                         max_tokens=2)
+    cut = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "one two three"}], max_tokens=2
+    )
     assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == ("one two", "length")
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=2)
     assert "n" in caught.value.message
-    response = httpx.post(f"{server.base_url}/v1/chat/completions", content=b"{oops",
-                          headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    response = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        content=b"{oops",
+        headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+    )
     assert response.status_code == 400 and set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
@@ -219,8 +254,13 @@ def test_tool_calls_round_trip_in_openai_shape(client: openai.OpenAI) -> None:
         model=MODEL,
         messages=[
             {"role": "user", "content": "weather?"},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get", "arguments": json.dumps({"c": 1})}}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get", "arguments": json.dumps({"c": 1})}}
+                ],
+            },
             {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
             {"role": "user", "content": "thanks"},
         ],

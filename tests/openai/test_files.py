@@ -36,7 +36,11 @@ def test_upload_retrieve_content_delete(client: openai.OpenAI) -> None:
     uploaded = client.files.create(file=("requests.jsonl", content), purpose="batch")
     assert uploaded.id.startswith("file-")
     assert (uploaded.bytes, uploaded.filename, uploaded.purpose, uploaded.status) == (
-        len(content), "requests.jsonl", "batch", "processed")
+        len(content),
+        "requests.jsonl",
+        "batch",
+        "processed",
+    )
     assert uploaded.expires_at == uploaded.created_at + 30 * 86_400
     assert client.files.retrieve(uploaded.id) == uploaded
     assert client.files.content(uploaded.id).content == content
@@ -52,8 +56,7 @@ def test_upload_retrieve_content_delete(client: openai.OpenAI) -> None:
 
 
 def test_list_pages_newest_first_and_honours_after(client: openai.OpenAI) -> None:
-    ids = [client.files.create(file=(f"f{i}.jsonl", jsonl([line("a", str(i))])), purpose="batch").id
-           for i in range(5)]
+    ids = [client.files.create(file=(f"f{i}.jsonl", jsonl([line("a", str(i))])), purpose="batch").id for i in range(5)]
     first = client.files.list(limit=2)
     assert [f.id for f in first.data] == ids[::-1][:2]
     assert first.has_more is True
@@ -91,8 +94,9 @@ def test_files_belong_to_their_workspace_and_need_a_key(server: ServerProcess, c
 
 
 def test_not_multipart_is_a_400(server: ServerProcess) -> None:
-    response = httpx.post(f"{server.base_url}/v1/files", json={"purpose": "batch"},
-                          headers={"authorization": f"Bearer {KEY}"})
+    response = httpx.post(
+        f"{server.base_url}/v1/files", json={"purpose": "batch"}, headers={"authorization": f"Bearer {KEY}"}
+    )
     assert response.status_code == 400
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     assert response.headers["x-request-id"].startswith("req_")

@@ -47,11 +47,24 @@ def native_body(params: MessageCreateParams) -> dict[str, Any] | None:
     """The chat-completions body `params` were translated from, if they were."""
     return params._chat_body if isinstance(params, ChatCompletionParams) else None
 
+
 # Accepted and not needed by any backend (hints, bookkeeping) or with the only value we support.
 _IGNORED_KEYS = {"user", "store", "metadata", "service_tier", "seed", "parallel_tool_calls", "prompt_cache_key"}
 _HANDLED_KEYS = {
-    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "n",
-    "stream", "tools", "tool_choice", "logprobs", "response_format", "top_k",
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "n",
+    "stream",
+    "tools",
+    "tool_choice",
+    "logprobs",
+    "response_format",
+    "top_k",
 }
 _FINISH_REASONS = {
     "end_turn": "stop",
@@ -189,8 +202,14 @@ def _assistant_blocks(item: dict[str, Any], index: int) -> list[dict[str, Any]]:
             raise InvalidRequestError(f"{where}.function.arguments: must be a JSON object string") from None
         if not isinstance(arguments, dict):
             raise InvalidRequestError(f"{where}.function.arguments: must be a JSON object string")
-        blocks.append({"type": "tool_use", "id": str(call.get("id") or ids.tool_use_id()),
-                       "name": function["name"], "input": arguments})
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": str(call.get("id") or ids.tool_use_id()),
+                "name": function["name"],
+                "input": arguments,
+            }
+        )
     if not blocks:
         raise InvalidRequestError(f"messages.{index}: an assistant message needs content or tool_calls")
     return blocks
@@ -242,13 +261,18 @@ def chat_completion(message: Message, *, model: str) -> dict[str, Any]:
         if kind == "text":
             texts.append(block["text"])
         elif kind == "tool_use":
-            calls.append({
-                "id": block["id"],
-                "type": "function",
-                "function": {"name": block["name"], "arguments": json.dumps(block.get("input") or {})},
-            })
-    reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None,
-                             "refusal": None}
+            calls.append(
+                {
+                    "id": block["id"],
+                    "type": "function",
+                    "function": {"name": block["name"], "arguments": json.dumps(block.get("input") or {})},
+                }
+            )
+    reply: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts or not calls else None,
+        "refusal": None,
+    }
     if calls:
         reply["tool_calls"] = calls
     usage = message.get("usage") or {}
@@ -294,16 +318,22 @@ def _normalized(data: dict[str, Any], message: Message, *, model: str) -> dict[s
         if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
             continue
         reason = choice.get("finish_reason")
-        choices.append({
-            **choice,
-            "index": choice.get("index") if isinstance(choice.get("index"), int) else index,
-            "message": {**choice["message"], "role": "assistant"},
-            "finish_reason": reason if reason in _FINISH_REASON_VALUES else translated["choices"][0]["finish_reason"],
-        })
+        choices.append(
+            {
+                **choice,
+                "index": choice.get("index") if isinstance(choice.get("index"), int) else index,
+                "message": {**choice["message"], "role": "assistant"},
+                "finish_reason": reason
+                if reason in _FINISH_REASON_VALUES
+                else translated["choices"][0]["finish_reason"],
+            }
+        )
     completion["choices"] = choices or translated["choices"]
     usage = data.get("usage")
-    if not (isinstance(usage, dict) and all(isinstance(usage.get(key), int)
-                                            for key in ("prompt_tokens", "completion_tokens", "total_tokens"))):
+    if not (
+        isinstance(usage, dict)
+        and all(isinstance(usage.get(key), int) for key in ("prompt_tokens", "completion_tokens", "total_tokens"))
+    ):
         completion["usage"] = translated["usage"]
     if completion.get("service_tier") not in _SERVICE_TIERS:
         completion["service_tier"] = None

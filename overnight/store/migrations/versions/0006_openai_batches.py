@@ -28,7 +28,9 @@ def upgrade() -> None:
         sa.Column("bytes", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("expires_at", sa.BigInteger(), nullable=True),
-        sa.Column("content", sa.LargeBinary(), nullable=False),
+        sa.Column("content", sa.LargeBinary(), nullable=True),
+        sa.Column("batch_seq", _ID, sa.ForeignKey("batches.seq", ondelete="CASCADE"), nullable=True),
+        sa.Column("kind", sa.String(8), nullable=True),
     )
     op.create_index("ix_files_workspace_seq", "files", ["workspace", "seq"])
     op.create_table(
