@@ -13,9 +13,8 @@ import msgspec
 
 from overnight import ids
 from overnight.exceptions import OvernightError
-from overnight.protocol.decoding import decode_json
 from overnight.protocol.messages import MessageCreateParams, parse_params
-from overnight.protocol.openai.chat import chat_completion, chat_to_params
+from overnight.protocol.openai.chat import chat_completion, chat_params_from_json
 from overnight.protocol.results import Message, errored_line, succeeded_line
 from overnight.store.records import ANTHROPIC, CANCELED, OPENAI
 
@@ -79,7 +78,7 @@ class OpenAICodec:
     name = OPENAI
 
     def decode(self, body: bytes) -> MessageCreateParams:
-        return chat_to_params(decode_json(msgspec.json.decode, body))
+        return chat_params_from_json(body)
 
     def succeeded_line(self, custom_id: str, message: Message, params: MessageCreateParams) -> bytes:
         response = {

@@ -247,17 +247,16 @@ class OpenAIStore:
                         .values(result=bindparam("line")),
                         [{"request_id": rid, "line": render(cid, state)} for rid, cid, state in never_ran],
                     )
-                sizes: dict[bool, int] = dict(
-                    conn.execute(
-                        select(
-                            requests.c.state == SUCCEEDED, func.coalesce(func.sum(func.length(requests.c.result)), 0)
-                        )
-                        .where(requests.c.batch_seq == seq)
-                        .group_by(requests.c.state == SUCCEEDED)
-                    ).all()
-                )
+                by_state = conn.execute(
+                    select(requests.c.state, func.coalesce(func.sum(func.length(requests.c.result)), 0))
+                    .where(requests.c.batch_seq == seq)
+                    .group_by(requests.c.state)
+                ).all()
+                sizes = {True: 0, False: 0}
+                for state, size in by_state:
+                    sizes[state == SUCCEEDED] += int(size)
                 linked: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
-                for kind, size in (("output", sizes.get(True, 0)), ("error", sizes.get(False, 0))):
+                for kind, size in (("output", sizes[True]), ("error", sizes[False])):
                     if not size:
                         continue
                     file = make_file(kind, int(size))

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 from pydantic import PrivateAttr, ValidationError
 
 from overnight import ids
 from overnight.exceptions import InvalidRequestError
+from overnight.protocol.decoding import decode_json
 from overnight.protocol.messages import MessageCreateParams, describe_validation_error
 from overnight.protocol.results import Message
 
@@ -40,12 +42,87 @@ _SERVICE_TIERS = {"auto", "default", "flex", "scale", "priority", "fast"}
 class ChatCompletionParams(MessageCreateParams):
     """Messages params translated from a chat-completions body, which they keep for native sending."""
 
-    _chat_body: dict[str, Any] | None = PrivateAttr(default=None)
+    _chat_body: dict[str, Any] | bytes | None = PrivateAttr(default=None)
+    """The body as sent: decoded, or still JSON (the fast path decodes it only if it is sent natively)."""
 
 
 def native_body(params: MessageCreateParams) -> dict[str, Any] | None:
     """The chat-completions body `params` were translated from, if they were."""
-    return params._chat_body if isinstance(params, ChatCompletionParams) else None
+    if not isinstance(params, ChatCompletionParams):
+        return None
+    body = params._chat_body
+    return msgspec.json.decode(body) if isinstance(body, bytes) else body
+
+
+# The common request (text messages, the usual sampling options), checked in C by msgspec and then
+# validated without the general translation's walk: a batch runs this per request. Anything else (or
+# anything invalid, for its message) goes through `chat_to_params`.
+_Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+_Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class _PlainMessage(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+
+class _PlainChat(msgspec.Struct, forbid_unknown_fields=True):
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    messages: Annotated[list[_PlainMessage], msgspec.Meta(min_length=1)]
+    max_tokens: _Positive | None = None
+    max_completion_tokens: _Positive | None = None
+    temperature: _Probability | None = None
+    top_p: _Probability | None = None
+    stop: str | list[str] | None = None
+    stream: Literal[False] | None = None
+    n: Literal[1] | None = None
+    user: str | None = None
+    seed: int | None = None
+
+
+_decode_plain = msgspec.json.Decoder(_PlainChat).decode
+
+
+def chat_params_from_json(raw: bytes) -> ChatCompletionParams:
+    """`chat_to_params` for a JSON body, fast for the common request."""
+    try:
+        plain = _decode_plain(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        plain = None
+    params = _plain_params(plain, raw) if plain is not None else None
+    return params or chat_to_params(decode_json(msgspec.json.decode, raw))
+
+
+def _plain_params(plain: _PlainChat, raw: bytes) -> ChatCompletionParams | None:
+    system: list[str] = []
+    turns: list[dict[str, str]] = []
+    for item in plain.messages:
+        if item.role in ("system", "developer"):
+            if turns:
+                return None  # a system message later on: the general path handles it
+            system.append(item.content)
+        elif turns and turns[-1]["role"] == item.role:
+            return None  # consecutive turns of one role merge: the general path
+        else:
+            turns.append({"role": item.role, "content": item.content})
+    if not turns:
+        return None
+    max_tokens = plain.max_completion_tokens or plain.max_tokens or DEFAULT_MAX_TOKENS
+    fields: dict[str, Any] = {"model": plain.model, "max_tokens": max_tokens, "messages": turns}
+    if system:
+        fields["system"] = "\n".join(system)
+    if plain.temperature is not None:
+        fields["temperature"] = plain.temperature
+    if plain.top_p is not None:
+        fields["top_p"] = plain.top_p
+    if plain.stop is not None:
+        fields["stop_sequences"] = [plain.stop] if isinstance(plain.stop, str) else plain.stop
+    try:
+        params = ChatCompletionParams.model_validate(fields)
+    except ValidationError:
+        return None  # the general path says what is wrong
+    params._chat_body = raw
+    return params
 
 
 # Accepted and not needed by any backend (hints, bookkeeping) or with the only value we support.
@@ -77,7 +154,7 @@ _FINISH_REASONS = {
 }
 
 
-def chat_to_params(body: Any) -> MessageCreateParams:
+def chat_to_params(body: Any) -> ChatCompletionParams:
     """Messages params for a chat-completions request body (already decoded JSON)."""
     if not isinstance(body, dict):
         raise InvalidRequestError("body: must be a JSON object")
