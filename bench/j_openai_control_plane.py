@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench import _workload as work
-from bench._cli import Run, add_repeats_argument, main
+from bench._cli import Run, add_repeats_argument, main, profile_summary
 from bench._process import ChildServer, overnight_server
 from bench._report import Report, Row, mib, rate, seconds, verdict
 
@@ -34,6 +35,7 @@ class Timed:
     seconds: float
     phases: dict[str, float]
     output_bytes: int
+    profile: Path | None = None
 
 
 def input_file(count: int) -> bytes:
@@ -73,7 +75,11 @@ def anthropic_once(bench: Run, body: bytes, count: int, attempt: int) -> Timed:
 
 
 def openai_once(bench: Run, content: bytes, count: int, attempt: int) -> Timed:
-    with _server(bench, f"openai-{attempt}", count) as server, work.client(server.url) as http:
+    with (
+        _server(bench, f"openai-{attempt}", count) as server,
+        work.client(server.url) as http,
+        bench.profiled(server.pid, KEY) as raw,
+    ):
         http.headers.update(_OPENAI_HEADERS)
         del http.headers["content-type"]
         start = time.perf_counter()
@@ -112,6 +118,7 @@ def openai_once(bench: Run, content: bytes, count: int, attempt: int) -> Timed:
             "download": total - (run_done - start),
         },
         size,
+        raw,
     )
 
 
@@ -143,8 +150,17 @@ def run(bench: Run) -> Report:
         "input file / create body": f"{mib(len(content))} / {mib(len(body))}",
         "output file / results": f"{mib(best_openai.output_bytes)} / {mib(best_anthropic.output_bytes)}",
     }
-    return Report(KEY, TITLE, [row], details, [], None)
+    profile = profile_summary(best_openai.profile, "(j) OpenAI batch: upload → completed → output downloaded")
+    notes = ["Profiled run: py-spy was attached to the OpenAI run's server."] if bench.profiling else []
+    return Report(KEY, TITLE, [row], details, notes, profile)
 
 
 if __name__ == "__main__":
-    main(run, key=KEY, title=TITLE, description=__doc__ or "", add_arguments=add_arguments)
+    main(
+        run,
+        key=KEY,
+        title=TITLE,
+        description=__doc__ or "",
+        add_arguments=add_arguments,
+        profile_help="record the OpenAI run's server with py-spy and summarise it",
+    )

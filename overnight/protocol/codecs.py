@@ -81,19 +81,17 @@ class OpenAICodec:
         return chat_params_from_json(body)
 
     def succeeded_line(self, custom_id: str, message: Message, params: MessageCreateParams) -> bytes:
-        response = {
-            "status_code": 200,
-            "request_id": ids.request_id(),
-            "body": chat_completion(message, model=params.model),
-        }
-        return _line(custom_id, response, None)
+        request_id = ids.request_id()
+        response = {"status_code": 200, "request_id": request_id, "body": chat_completion(message, model=params.model)}
+        return _line(custom_id, response, None, request_id)
 
     def errored_line(self, custom_id: str, error: OvernightError, error_type: str) -> bytes:
         status = error.status_code if 400 <= error.status_code < 600 else 500
         envelope = {
             "error": {"message": error.message, "type": openai_error_type(error_type), "param": None, "code": None}
         }
-        return _line(custom_id, {"status_code": status, "request_id": ids.request_id(), "body": envelope}, None)
+        request_id = ids.request_id()
+        return _line(custom_id, {"status_code": status, "request_id": request_id, "body": envelope}, None, request_id)
 
     def derived_line(self, custom_id: str, state: str) -> bytes:
         code, message = _NOT_RUN[state]
@@ -113,12 +111,12 @@ def openai_error_type(anthropic_type: str) -> str:
     }.get(anthropic_type, "invalid_request_error")
 
 
-def _line(custom_id: str, response: dict[str, Any] | None, error: dict[str, Any] | None) -> bytes:
-    return _encode({"id": batch_request_id(), "custom_id": custom_id, "response": response, "error": error}) + b"\n"
-
-
-def batch_request_id() -> str:
-    return "batch_req_" + ids.request_id().removeprefix("req_")
+def _line(
+    custom_id: str, response: dict[str, Any] | None, error: dict[str, Any] | None, request_id: str | None = None
+) -> bytes:
+    # The line's id shares the random part of the request id it carries (one draw, not two, per line).
+    line_id = "batch_req_" + (request_id or ids.request_id())[4:]
+    return _encode({"id": line_id, "custom_id": custom_id, "response": response, "error": error}) + b"\n"
 
 
 ANTHROPIC_CODEC = AnthropicCodec()
