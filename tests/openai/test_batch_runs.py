@@ -78,3 +78,24 @@ def test_openai_batch_gets_turns_beside_a_big_anthropic_batch(slow: ServerProces
         # 60 requests at 200 ms, two at a time, take 6 s; fair turns finish the 4 long before that.
         assert claude.messages.batches.retrieve(big.id).processing_status == "in_progress"
         claude.messages.batches.cancel(big.id)
+
+
+def test_expired_batch_keeps_finished_results_and_reports_the_rest(tmp_path: Path) -> None:
+    proc = ServerProcess(
+        tmp_path / "data",
+        ["--fake-latency-ms", "300", "--concurrency", "1", "--batch-ttl", "1.5", "--sweep-interval", "0.2"],
+    ).start()
+    try:
+        with make_client(proc) as client:
+            batch = create(client, [line(f"r{i}", f"text {i}") for i in range(20)])
+            done = wait_until(client, batch.id)
+            assert done.status == "expired" and done.expired_at is not None
+            output, errors = read_lines(client, done.output_file_id), read_lines(client, done.error_file_id)
+            assert output and errors and set(output) | set(errors) == {f"r{i}" for i in range(20)}
+            assert all(
+                item["error"]["code"] == "batch_expired" and item["response"] is None for item in errors.values()
+            )
+            assert done.request_counts is not None
+            assert (done.request_counts.completed, done.request_counts.failed) == (len(output), len(errors))
+    finally:
+        proc.terminate_quietly()
