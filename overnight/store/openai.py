@@ -18,6 +18,12 @@ from overnight.store.tables import batches, files, openai_batches, requests
 T = TypeVar("T")
 _OUTCOME_CHUNK = 5000
 NEVER_RAN = (CANCELED, EXPIRED)
+_SQLITE_CHUNK = (
+    "SELECT CAST(group_concat(result, '') AS BLOB) FROM requests"
+    " WHERE id BETWEEN ? AND ? AND +batch_seq = ? AND state {} 'succeeded'"  # `+`: by id, not by index
+)
+_SQLITE_OUTPUT_CHUNK = _SQLITE_CHUNK.format("=")
+_SQLITE_ERROR_CHUNK = _SQLITE_CHUNK.format("!=")
 
 
 class FileRecord(msgspec.Struct, frozen=True):
@@ -298,6 +304,14 @@ def _batch_lines(conn: Connection, seq: int, kind: str) -> bytes | None:
         return None  # archived
     wanted = requests.c.state == SUCCEEDED if kind == "output" else requests.c.state != SUCCEEDED
     parts: list[bytes] = []
+    if conn.dialect.name == "sqlite":
+        # SQLite joins each chunk's lines itself, in C, scanning by id (as the Anthropic results do).
+        sql = _SQLITE_OUTPUT_CHUNK if kind == "output" else _SQLITE_ERROR_CHUNK
+        cursor = Store._driver_cursor(conn)
+        for low in range(first, last + 1, _OUTCOME_CHUNK):
+            cursor.execute(sql, (low, min(low + _OUTCOME_CHUNK - 1, last), seq))
+            parts.append(cursor.fetchone()[0] or b"")
+        return b"".join(parts)
     for low in range(first, last + 1, _OUTCOME_CHUNK):
         parts.extend(
             conn.execute(
