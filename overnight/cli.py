@@ -111,6 +111,10 @@ def main() -> None:
               help="anthropic-beta features one call may name (400 beyond).")
 @click.option("--max-requests", default=100_000, show_default=True, type=click.IntRange(min=1),
               help="Most requests in one batch.")
+@click.option("--openai-max-file-bytes", default=200 * 1024 * 1024, show_default=True, type=click.IntRange(min=1),
+              help="Largest OpenAI batch input file (POST /v1/files).")
+@click.option("--openai-max-file-lines", default=50_000, show_default=True, type=click.IntRange(min=1),
+              help="Most requests in one OpenAI batch input file.")
 @click.option("--batch-ttl", "batch_ttl_seconds", default=86_400.0, show_default=True,
               type=click.FloatRange(min=0, min_open=True), help="Seconds until a batch expires.")
 @click.option("--results-retention", "results_retention_seconds", default=29 * 86_400.0,

@@ -51,6 +51,10 @@ class Settings:
     max_beta_features: int = 32
     """`anthropic-beta` features one call may name (each at most 128 characters); more is a 400."""
     max_requests: int = 100_000
+    openai_max_file_bytes: int = 200 * 1024 * 1024
+    """Largest OpenAI-format batch input file (`POST /v1/files`; OpenAI's limit)."""
+    openai_max_file_lines: int = 50_000
+    """Most requests in one OpenAI-format batch input file (OpenAI's limit)."""
     batch_ttl_seconds: float = 86_400.0
     results_retention_seconds: float = 29 * 86_400.0
     public_url: str | None = None

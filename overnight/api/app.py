@@ -33,6 +33,8 @@ from overnight.engine.sweeper import Sweeper
 from overnight.engine.webhooks import start_webhooks
 from overnight.exceptions import OvernightError
 from overnight.metrics import Metrics
+from overnight.openai_api.routes import openai_routes
+from overnight.openai_api.service import OpenAIService
 from overnight.service import BatchService
 from overnight.store import StoreUnavailableError, open_store
 from overnight.timestamps import MICROS, now_micros
@@ -96,6 +98,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
             router=router,
             started_at=now_micros(),
             metrics=metrics,
+            openai=OpenAIService(store, settings, router, scheduler, metrics),
         )
         sweeping = asyncio.create_task(sweeper.run(), name="overnight-sweeper") if sweeper else None
         sending = start_webhooks(store, settings, owner=scheduler.owner if scheduler is not None else None)
@@ -114,7 +117,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
             store.close()
 
     app = Starlette(
-        routes=[*routes, *dashboard_routes] if settings.role != "worker" else worker_routes,
+        routes=[*routes, *openai_routes, *dashboard_routes] if settings.role != "worker" else worker_routes,
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(MetricsMiddleware, metrics=metrics),

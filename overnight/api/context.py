@@ -11,6 +11,7 @@ from overnight.config import Settings
 from overnight.engine.calls import BackendCaller, BackendRouter
 from overnight.exceptions import InvalidRequestError
 from overnight.metrics import Metrics
+from overnight.openai_api.service import OpenAIService
 from overnight.service import BatchService
 
 
@@ -23,6 +24,7 @@ class Context:
     router: BackendRouter
     started_at: int
     metrics: Metrics
+    openai: OpenAIService
 
 
 def context_of(request: Request) -> Context:

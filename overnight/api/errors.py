@@ -12,12 +12,20 @@ from starlette.routing import Match
 
 from overnight.api.responses import json_response
 from overnight.exceptions import InvalidRequestError, NotFoundError, OverloadedError, OvernightError
+from overnight.openai_api.errors import is_openai_path, openai_error_body
 
 logger = logging.getLogger(__name__)
 
 
 def error_response(request: Request, error: OvernightError, headers: Mapping[str, str] | None = None) -> Response:
     request_id = request.scope.get("overnight.request_id")
+    if is_openai_path(request.url.path):  # the OpenAI API's own envelope, and its header for the request id
+        openai_headers = {**(headers or {}), **({"x-request-id": request_id} if request_id else {})}
+        if error.status_code == 409:
+            openai_headers["x-should-retry"] = "false"  # the SDK retries 409 by default; this one never helps
+        if error.retry_after_seconds is not None:
+            openai_headers["retry-after"] = str(max(1, round(error.retry_after_seconds)))
+        return json_response(openai_error_body(error), status_code=error.status_code, headers=openai_headers)
     body = {
         "type": "error",
         "error": {"type": error.error_type, "message": error.message},

@@ -18,12 +18,16 @@ class RequestIdMiddleware:
         request_id = ids.request_id()
         scope["overnight.request_id"] = request_id
         header = (b"request-id", request_id.encode())
+        # The OpenAI SDK reads the request id from `x-request-id`.
+        openai_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 if not any(name.lower() == b"request-id" for name, _ in headers):
                     headers.append(header)
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append(openai_header)
                 message["headers"] = headers
             await send(message)
 

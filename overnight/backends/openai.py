@@ -11,6 +11,7 @@ from overnight.backends.openai_translation import from_chat_completion, to_chat_
 from overnight.backends.upstream_http import UpstreamClient, endpoint
 from overnight.exceptions import ApiError
 from overnight.protocol.messages import MessageCreateParams
+from overnight.protocol.openai.chat import NATIVE_COMPLETION, native_body
 from overnight.protocol.results import Message
 
 
@@ -35,6 +36,19 @@ class OpenAIBackend:
         self._client = UpstreamClient(name=name, timeout_seconds=timeout_seconds, max_concurrency=max_concurrency)
 
     async def create_message(self, params: MessageCreateParams) -> Message:
+        native = native_body(params)
+        if native is not None:
+            # A chat-completions request (OpenAI-format batch or `/v1/chat/completions`): sent as the
+            # client wrote it, and its completion kept for the answer, not translated there and back.
+            body = {**native, "model": self.upstream_model} if self.upstream_model else dict(native)
+            if "max_completion_tokens" in body and "max_tokens" not in body:
+                # Servers that predate the newer name (llama-cpp-python's) ignore it and run to their own
+                # limit; vLLM and llama.cpp take both, so the cap is sent under both names.
+                body["max_tokens"] = body["max_completion_tokens"]
+            data = await self._client.post_json(self._url, body=body, headers=self._headers)
+            message = from_chat_completion(data, params)
+            message[NATIVE_COMPLETION] = data
+            return message
         body = to_chat_completion(params, model=self.upstream_model)
         data = await self._client.post_json(self._url, body=body, headers=self._headers)
         return from_chat_completion(data, params)

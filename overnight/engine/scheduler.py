@@ -28,10 +28,10 @@ from overnight.engine.calls import BackendCaller, RequestWithdrawn
 from overnight.engine.sweeper import Sweeper
 from overnight.exceptions import ApiError, OvernightError, RateLimitError
 from overnight.metrics import NO_BACKEND, Metrics
-from overnight.protocol.messages import parse_params
-from overnight.protocol.results import RESULT_ERROR_TYPES, errored_line, succeeded_line
+from overnight.protocol.codecs import ANTHROPIC_CODEC, BatchCodec, codec_for
+from overnight.protocol.results import RESULT_ERROR_TYPES
 from overnight.store import Completion, LeasedRequest, Store
-from overnight.store.records import CANCELED, CANCELING, ERRORED, IN_PROGRESS, SUCCEEDED, ActiveBatches
+from overnight.store.records import ANTHROPIC, CANCELED, CANCELING, ERRORED, IN_PROGRESS, SUCCEEDED, ActiveBatches
 from overnight.timestamps import MICROS, now_micros
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class Scheduler:
         self._unwritten: list[Completion] = []
         self._batch_status: dict[int, str] = {}  # status of every batch that has not ended
         self._batch_betas: dict[int, list[str]] = {}  # `anthropic-beta` features of those that have some
+        self._batch_codecs: dict[int, BatchCodec] = {}  # codecs of those not in the Anthropic format
         # Which batches the service told us of, and when (a count of such events), so that a store read
         # that began before we were told cannot drop them.
         self.generation = 0
@@ -166,8 +167,10 @@ class Scheduler:
         """There may be new work (new batch, recovered leases): lease again now."""
         self._wake.set()
 
-    def batch_created(self, batch_seq: int, betas: Sequence[str]) -> None:
+    def batch_created(self, batch_seq: int, betas: Sequence[str], format: str = ANTHROPIC) -> None:
         self.generation += 1
+        if format != ANTHROPIC:
+            self._batch_codecs[batch_seq] = codec_for(format)
         self._told_at[batch_seq] = self.generation
         self._batch_status[batch_seq] = IN_PROGRESS
         if betas:
@@ -194,6 +197,9 @@ class Scheduler:
         self._batch_betas.update(active.betas)  # a batch's betas never change
         for seq in [seq for seq in self._batch_betas if seq not in current]:
             del self._batch_betas[seq]
+        self._batch_codecs.update((seq, codec_for(format)) for seq, format in active.formats.items())
+        for seq in [seq for seq in self._batch_codecs if seq not in current]:
+            del self._batch_codecs[seq]
 
     # --- feeding ------------------------------------------------------------------------------
 
@@ -294,15 +300,17 @@ class Scheduler:
     async def _run(self, item: LeasedRequest) -> Completion | None:
         if not self._wanted(item):
             return self._unwanted_outcome(item)
+        codec = self._batch_codecs.get(item.batch_seq, ANTHROPIC_CODEC)
         if item.attempt > self.max_lease_attempts:
             return self._errored(
                 item,
                 ApiError(f"Request abandoned after {self.max_lease_attempts} attempts: "
                          "the worker running it stopped each time"),
+                codec=codec,
             )
         backend: Backend | None = None
         try:
-            params = parse_params(item.params)
+            params = codec.decode(item.params)
             if item.batch_seq in self._batch_betas:
                 params = params.with_betas(self._batch_betas[item.batch_seq])
             backend = self.caller.router.resolve(params.model)  # for the metrics' label; a memo hit
@@ -310,20 +318,22 @@ class Scheduler:
         except RequestWithdrawn:
             return self._unwanted_outcome(item)
         except OvernightError as error:
-            return self._errored(item, error, backend)
+            return self._errored(item, error, backend, codec)
         except Exception:
             logger.exception("request %s of batch %s failed unexpectedly", item.custom_id, item.batch_seq)
-            return self._errored(item, ApiError("Internal error while running this request"), backend)
+            return self._errored(item, ApiError("Internal error while running this request"), backend, codec)
         assert backend is not None
         return Completion(
-            item.id, item.batch_seq, item.attempt, SUCCEEDED, succeeded_line(item.custom_id, message),
+            item.id, item.batch_seq, item.attempt, SUCCEEDED, codec.succeeded_line(item.custom_id, message, params),
             _usage_of(message), backend.name,
         )
 
     @staticmethod
-    def _errored(item: LeasedRequest, error: OvernightError, backend: Backend | None = None) -> Completion:
+    def _errored(
+        item: LeasedRequest, error: OvernightError, backend: Backend | None = None, codec: BatchCodec = ANTHROPIC_CODEC
+    ) -> Completion:
         error_type = result_error_type(error)
-        line = errored_line(item.custom_id, error_type, error.message)
+        line = codec.errored_line(item.custom_id, error, error_type)
         backend_name = backend.name if backend is not None else NO_BACKEND
         return Completion(item.id, item.batch_seq, item.attempt, ERRORED, line, None, backend_name, error_type)
 

@@ -31,6 +31,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, func, se
 from sqlalchemy import exc as sa_exc
 
 from overnight.store.records import (
+    ANTHROPIC,
     CANCELED,
     CANCELING,
     DELIVERED,
@@ -202,12 +203,15 @@ class Store:
         items: Sequence[tuple[str, Any]],
         betas: Sequence[str] = (),
         max_queued_requests: int = 0,
+        format: str = ANTHROPIC,
+        also: Callable[[Connection, int], None] | None = None,
     ) -> BatchRecord:
         """Store a batch and all its requests in one transaction: all of it, or nothing.
 
         With `max_queued_requests`, raises `QueueFullError` (and stores nothing) when the workspace's
         unfinished requests would exceed it; the check and the insert are one transaction, serialised
-        per workspace, so concurrent creates cannot pass it together.
+        per workspace, so concurrent creates cannot pass it together. `also(conn, seq)` runs in the same
+        transaction (an API's own row for the batch).
         """
         with self.engine.begin() as conn:
             self._begin_write(conn)
@@ -229,6 +233,7 @@ class Store:
                     created_at=created_at,
                     expires_at=expires_at,
                     betas=",".join(betas) or None,
+                    format=format,
                 )
                 .returning(batches.c.seq)
             ).scalar_one()
@@ -236,6 +241,8 @@ class Store:
             conn.execute(
                 update(batches).where(batches.c.seq == seq).values(first_request_id=first_id, last_request_id=last_id)
             )
+            if also is not None:
+                also(conn, seq)
             self._notify(conn)
             return _one_batch(conn, seq)
 
@@ -253,11 +260,13 @@ class Store:
         """Tell other nodes, when this transaction commits, that batches were created or canceled."""
 
     @reads
-    def get_batch(self, workspace: str, batch_id: str) -> BatchRecord | None:
-        """The batch with this id in this workspace, or None."""
+    def get_batch(self, workspace: str, batch_id: str, *, format: str = ANTHROPIC) -> BatchRecord | None:
+        """The batch with this id in this workspace and wire format (each API sees only its own), or None."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(batches).where(batches.c.id == batch_id, batches.c.workspace == workspace)
+                select(batches).where(
+                    batches.c.id == batch_id, batches.c.workspace == workspace, batches.c.format == format
+                )
             ).one_or_none()
         return None if row is None else BatchRecord(**row._mapping)
 
@@ -271,7 +280,7 @@ class Store:
         both together bound the page strictly between them.
         """
         with self.engine.connect() as conn:
-            query = select(batches).where(batches.c.workspace == workspace)
+            query = select(batches).where(batches.c.workspace == workspace, batches.c.format == ANTHROPIC)
             if after_id is not None:
                 query = query.where(batches.c.seq < _cursor_seq(conn, workspace, after_id))
             if before_id is not None:
@@ -392,11 +401,14 @@ class Store:
         have some."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(batches.c.seq, batches.c.status, batches.c.betas).where(UNFINISHED).order_by(batches.c.seq)
+                select(batches.c.seq, batches.c.status, batches.c.betas, batches.c.format)
+                .where(UNFINISHED)
+                .order_by(batches.c.seq)
             ).all()
         return ActiveBatches(
-            [(seq, status) for seq, status, _ in rows],
-            {seq: betas.split(",") for seq, _, betas in rows if betas},
+            [(seq, status) for seq, status, _, _ in rows],
+            {seq: betas.split(",") for seq, _, betas, _ in rows if betas},
+            {seq: format for seq, _, _, format in rows if format != ANTHROPIC},
         )
 
     @reads

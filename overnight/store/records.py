@@ -15,6 +15,10 @@ ERRORED = "errored"
 CANCELED = "canceled"
 EXPIRED = "expired"
 
+# Wire formats of a batch (its requests' bodies and its result lines).
+ANTHROPIC = "anthropic"
+OPENAI = "openai"
+
 IN_PROGRESS = "in_progress"
 CANCELING = "canceling"
 ENDED = "ended"
@@ -43,6 +47,7 @@ class BatchRecord(msgspec.Struct, frozen=True, gc=False):
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    format: str = "anthropic"
 
     @property
     def usage(self) -> Usage:
@@ -89,6 +94,8 @@ class ActiveBatches(msgspec.Struct, frozen=True):
     statuses: list[tuple[int, str]]
     betas: dict[int, list[str]] = msgspec.field(default_factory=dict)
     """The `anthropic-beta` features of those batches that have some."""
+    formats: dict[int, str] = msgspec.field(default_factory=dict)
+    """The wire format of those batches not in the Anthropic one."""
 
     @property
     def seqs(self) -> list[int]:

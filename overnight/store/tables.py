@@ -57,6 +57,8 @@ batches = Table(
     Column("output_tokens", BigInteger, nullable=False, server_default="0"),
     Column("cache_creation_input_tokens", BigInteger, nullable=False, server_default="0"),
     Column("cache_read_input_tokens", BigInteger, nullable=False, server_default="0"),
+    # The wire format its requests and result lines are in (`anthropic`, `openai`): picks the codec.
+    Column("format", String(16), nullable=False, server_default="anthropic"),
     Index("ix_batches_workspace_seq", "workspace", "seq"),
     # Partial indexes: the engine and sweepers look at unfinished batches, or at ended ones not yet
     # archived, every second; these keep that proportional to those batches, not to all ever stored.
@@ -111,4 +113,48 @@ webhook_deliveries = Table(
     Column("last_error", String(500), nullable=True),
     Column("finished_at", BigInteger, nullable=True),
     Index("ix_webhook_deliveries_due", "next_attempt_at", sqlite_where=DELIVERY_DUE, postgresql_where=DELIVERY_DUE),
+)
+
+# Files of the OpenAI Files API (batch input, output and error files), bytes and all: nodes on PostgreSQL
+# share nothing but the database.
+files = Table(
+    "files",
+    metadata,
+    Column("seq", _Id, primary_key=True, autoincrement=True),
+    Column("id", String(40), nullable=False, unique=True),
+    Column("workspace", String(128), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("filename", String(512), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),
+    # An uploaded file's bytes; NULL for a batch's output or error file, whose lines are read from the
+    # batch's requests (`batch_seq`; `kind` output: the succeeded ones, error: the rest), not copied.
+    Column("content", LargeBinary, nullable=True),
+    Column("batch_seq", _Id, ForeignKey("batches.seq", ondelete="CASCADE"), nullable=True),
+    Column("kind", String(8), nullable=True),
+    Index("ix_files_workspace_seq", "workspace", "seq"),
+)
+
+# What the OpenAI Batches API knows of a batch beyond the engine's `batches` row (`batch_seq`; NULL for
+# one that failed validation and never ran). Times in microseconds, like `batches`.
+openai_batches = Table(
+    "openai_batches",
+    metadata,
+    Column("seq", _Id, primary_key=True, autoincrement=True),
+    Column("id", String(40), nullable=False, unique=True),
+    Column("workspace", String(128), nullable=False),
+    Column("batch_seq", _Id, ForeignKey("batches.seq", ondelete="SET NULL"), nullable=True),
+    Column("endpoint", String(64), nullable=False),
+    Column("input_file_id", String(40), nullable=False),
+    Column("completion_window", String(16), nullable=False),
+    Column("model", String(256), nullable=True),
+    Column("metadata", LargeBinary, nullable=True),  # JSON object
+    Column("errors", LargeBinary, nullable=True),  # JSON list of BatchError, for a failed batch
+    Column("created_at", BigInteger, nullable=False),
+    Column("failed_at", BigInteger, nullable=True),
+    Column("finalized_at", BigInteger, nullable=True),  # output and error files written
+    Column("output_file_id", String(40), nullable=True),
+    Column("error_file_id", String(40), nullable=True),
+    Index("ix_openai_batches_workspace_seq", "workspace", "seq"),
 )

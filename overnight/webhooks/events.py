@@ -10,7 +10,7 @@ from standardwebhooks import Webhook
 
 from overnight import ids
 from overnight.protocol.batches import batch_object
-from overnight.store.records import BatchRecord, WebhookEvent
+from overnight.store.records import ANTHROPIC, BatchRecord, WebhookEvent
 from overnight.timestamps import to_rfc3339
 from overnight.webhooks.config import WebhookTarget
 
@@ -29,8 +29,8 @@ class BatchEndedEvents:
         self.public_base_url = public_base_url
 
     def __call__(self, batch: BatchRecord) -> WebhookEvent | None:
-        if batch.workspace not in self.targets:
-            return None
+        if batch.workspace not in self.targets or batch.format != ANTHROPIC:
+            return None  # an OpenAI-format batch's events (`batch.completed`, ...) are not sent yet
         event_id = ids.event_id()
         body = {
             "type": BATCH_ENDED,

@@ -36,7 +36,7 @@ def test_migrate_is_idempotent(database_url: str) -> None:
     with store.engine.connect() as conn:
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
     store.close()
-    assert version == "0005"
+    assert version == "0006"
 
 
 def test_0003_gives_stored_batches_their_request_id_range(tmp_path: Path) -> None:
