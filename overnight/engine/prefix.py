@@ -9,9 +9,9 @@ just before, so the order in which the scheduler sends requests decides how much
 from the raw params without validating them (a few microseconds: the bytes of those parts are sliced
 out, not decoded). `PrefixQueue` is the scheduler's buffer: a FIFO (the feeder fills it interleaving
 batches fairly) that, once it hands out a request, keeps handing out buffered requests with the same
-key, up to `max_run` in a row; then, or when that key runs out, it goes back to the oldest request
-waiting. So a request waits for at most `max_run` requests of a better-cached prefix per turn, and no
-batch starves because another shares a prefix.
+key while there are any; then it goes back to the oldest request waiting. Fairness between batches:
+the oldest request is overtaken by at most `max_overtakes` requests of other batches before its turn,
+so no batch starves because another has a better-cached prefix.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import msgspec
 
 T = TypeVar("T")
 
-DEFAULT_MAX_RUN = 32
+DEFAULT_MAX_OVERTAKES = 16
 
 
 class _PrefixView(msgspec.Struct, gc=False):
@@ -58,26 +58,39 @@ def prefix_key(params: bytes) -> Hashable:
 
 
 class _Entry(Generic[T]):
-    __slots__ = ("item", "key", "taken")
+    __slots__ = ("item", "key", "owner", "taken")
 
-    def __init__(self, item: T, key: Hashable) -> None:
+    def __init__(self, item: T, key: Hashable, owner: Hashable) -> None:
         self.item = item
         self.key = key
+        self.owner = owner
         self.taken = False
 
 
 class PrefixQueue(Generic[T]):
     """An unbounded queue (the part of `asyncio.Queue`'s interface the scheduler uses) that hands out
-    items with the same key back to back, at most `max_run` in a row before the oldest item's turn."""
+    items with the same key back to back.
 
-    def __init__(self, key_of: Callable[[T], Hashable], *, max_run: int = DEFAULT_MAX_RUN) -> None:
+    The oldest item waiting (the head) is overtaken by at most `max_overtakes` items of other owners
+    (batches) before it goes next, so grouping never starves a batch; a batch's own requests may be
+    reordered freely, since only the batch as a whole has a completion time a client waits for.
+    """
+
+    def __init__(
+        self,
+        key_of: Callable[[T], Hashable],
+        owner_of: Callable[[T], Hashable],
+        *,
+        max_overtakes: int = DEFAULT_MAX_OVERTAKES,
+    ) -> None:
         self._key_of = key_of
-        self.max_run = max_run
+        self._owner_of = owner_of
+        self.max_overtakes = max_overtakes
         self._fifo: deque[_Entry[T]] = deque()  # every entry in arrival order; taken ones are skipped lazily
         self._groups: dict[Hashable, deque[_Entry[T]]] = {}
         self._size = 0
         self._run_key: Hashable = None
-        self._run_length = 0
+        self._head_overtaken = 0  # items of other owners handed out since the current head became head
         self._getters: deque[asyncio.Future[None]] = deque()
 
     def qsize(self) -> int:
@@ -87,7 +100,7 @@ class PrefixQueue(Generic[T]):
         return self._size == 0
 
     def put_nowait(self, item: T) -> None:
-        entry = _Entry(item, self._key_of(item))
+        entry = _Entry(item, self._key_of(item), self._owner_of(item))
         self._fifo.append(entry)
         group = self._groups.get(entry.key)
         if group is None:
@@ -99,23 +112,25 @@ class PrefixQueue(Generic[T]):
     def get_nowait(self) -> T:
         if self._size == 0:
             raise asyncio.QueueEmpty
-        group = self._groups.get(self._run_key) if self._run_length < self.max_run else None
-        if group:
-            self._run_length += 1
+        head = self._fifo[0]  # never a taken one: those are dropped from the front as they go
+        group = self._groups.get(self._run_key)
+        if group and group[0] is not head and self._head_overtaken < self.max_overtakes:
+            entry = group.popleft()
+            if entry.owner != head.owner:
+                self._head_overtaken += 1
         else:
-            # The oldest waiting item's turn; it is also the head of its own group.
-            while self._fifo[0].taken:
-                self._fifo.popleft()
-            head = self._fifo[0]
-            self._run_key, self._run_length = head.key, 1
+            # The head's turn (it is also the first of its own group); its key starts the next run.
+            self._run_key = head.key
             group = self._groups[head.key]
-        entry = group.popleft()
+            entry = group.popleft()
         if not group:
             del self._groups[entry.key]
         entry.taken = True
         self._size -= 1
-        while self._fifo and self._fifo[0].taken:
-            self._fifo.popleft()
+        if entry is head:
+            self._head_overtaken = 0
+            while self._fifo and self._fifo[0].taken:
+                self._fifo.popleft()
         return entry.item
 
     async def get(self) -> T:

@@ -77,7 +77,7 @@ class Scheduler:
             metrics=self.metrics,
         )
 
-        self._buffer: PrefixQueue[LeasedRequest | None] = PrefixQueue(_buffer_key)
+        self._buffer: PrefixQueue[LeasedRequest | None] = PrefixQueue(_buffer_key, _buffer_owner)
         self._held: dict[int, LeasedRequest] = {}  # leased by us and not yet written back
         self._unwritten: list[Completion] = []
         self._batch_status: dict[int, str] = {}  # status of every batch that has not ended
@@ -391,6 +391,10 @@ class Scheduler:
 
 def _buffer_key(item: LeasedRequest | None) -> object:
     return None if item is None else prefix_key(item.params)
+
+
+def _buffer_owner(item: LeasedRequest | None) -> int | None:
+    return None if item is None else item.batch_seq
 
 
 def _usage_of(message: dict[str, Any]) -> tuple[int, int, int, int] | None:
