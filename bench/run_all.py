@@ -51,6 +51,7 @@ BENCHMARKS = [
     Benchmark("g", "g_scale_out", "scale-out across workers", profilable=False),
     Benchmark("h", "h_postgres_control_plane", "control plane on PostgreSQL", profilable=False),
     Benchmark("i", "i_postgres_ingest", "ingest on PostgreSQL", profilable=False),
+    Benchmark("k", "k_prefix_cache", "shared-prefix batch on the local model", profilable=True),
 ]
 TIMEOUT_SECONDS = 900
 QUICK_TIMEOUT_SECONDS = 300
