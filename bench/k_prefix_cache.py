@@ -56,7 +56,7 @@ QUESTIONS = [
 
 
 def system_prompt(subject: str, sentences: int) -> str:
-    """A long system prompt about `subject` (~17 tokens a sentence); its first words already differ."""
+    """A long system prompt about `subject` (~26 tokens a sentence); its first words already differ."""
     rules = " ".join(
         f"Rule {n} for {subject}: answer briefly, name your sources, and say so when you are unsure."
         for n in range(sentences)
@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", type=int, default=None, help="questions per prompt in k1 (default 4; quick 2)")
     parser.add_argument("--unique", type=int, default=None, help="requests in k2 (default 4; quick 2)")
     parser.add_argument(
-        "--sentences", type=int, default=None, help="sentences per system prompt (default 88 ≈ 1,500 tokens; quick 30)"
+        "--sentences", type=int, default=None, help="sentences per system prompt (default 57 ≈ 1,500 tokens; quick 30)"
     )
     parser.add_argument(
         "--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="llama.cpp threads, both sides"
@@ -178,7 +178,7 @@ def run(bench: Run) -> Report:
     prompts = args.prompts or (2 if bench.quick else 4)
     questions = args.questions or (2 if bench.quick else 4)
     unique_count = args.unique or (2 if bench.quick else 4)
-    sentences = args.sentences or (30 if bench.quick else 88)
+    sentences = args.sentences or (30 if bench.quick else 57)
     threads = args.threads
     shared, unique = shared_workload(prompts, questions, sentences), unique_workload(unique_count, sentences)
     shared_label = (
