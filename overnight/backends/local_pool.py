@@ -2,16 +2,17 @@
 
 Each llama.cpp instance keeps the KV cache of the last prompt it ran, so a request is best sent to
 the instance that last ran its prefix. `acquire(key)` takes, among the free instances, the one whose
-last request had the same prefix key; else one that has run nothing yet; else the one idle longest
-(its cached prefix is the least likely to come back soon). An instance is never left idle while a
-request waits: affinity decides which free instance a request gets, it never makes one wait.
+last request had the same prefix key; else one that has run nothing yet; else one whose prefix another
+instance holds too; else the one idle longest (its cached prefix is the least likely to come back
+soon). An instance is never left idle while a request waits: affinity decides which free instance a
+request gets, it never makes one wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Hashable, Sequence
 from typing import Generic, TypeVar
 
@@ -33,7 +34,10 @@ class InstancePool(Generic[T]):
         for index in self._free:
             if index not in self._last_key:
                 return index
-        return min(self._free, key=self._free.__getitem__)
+        # Overwrite a prefix that another instance also holds before one only this instance has, so
+        # that as many different prefixes as possible stay cached; among equals, the idlest instance.
+        holders = Counter(self._last_key.values())
+        return min(self._free, key=lambda index: (holders[self._last_key[index]] == 1, self._free[index]))
 
     async def acquire(self, key: Hashable) -> tuple[int, T]:
         """A free instance for a request whose prefix has `key` (waiting while none is free)."""
