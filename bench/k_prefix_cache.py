@@ -10,11 +10,12 @@ context size and thread count on both sides, one instance.
   cache of whatever prefix a prompt shares with the previous one: here only the template's first
   tokens). overnight: the same requests as one batch, create → `ended_at` (server clock); its scheduler
   runs requests sharing a prefix back to back, so each system prompt is evaluated about once.
-- k2 (unique prefixes): 4 requests, each with a system prompt of its own (same length): nothing to
+- k2 (unique prefixes): 3 requests, each with a system prompt of its own (same length): nothing to
   share, so overnight must simply not be slower than the direct loop (what it did before grouping).
 
-Order: direct k1, batch k1, direct k2, batch k2 (one repeat each: the direct k1 loop alone takes ~2.5
-minutes on 2 cores). The report also sums the batch's `cache_read_input_tokens`.
+Order: direct k1, batch k1 (once each: the direct k1 loop alone takes 4-5 minutes on 2 cores), then
+direct k2, batch k2, direct k2, batch k2, direct k2 (`--repeats 2`, compared as means, so that drift in
+the machine's speed lands on both sides). The report also sums the batches' `cache_read_input_tokens`.
 
 Figures: wall time each side; ratio = direct seconds / overnight seconds (higher is better).
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ import httpx
 import msgspec
 
 from bench import _workload as work
-from bench._cli import Run, main, profile_summary
+from bench._cli import Run, add_repeats_argument, main, profile_summary
 from bench._process import overnight_server, write_router_config
 from bench._report import Report, Row, pending, seconds, verdict
 
@@ -98,13 +100,14 @@ def unique_workload(count: int, sentences: int) -> list[Request]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=None, help="system prompts in k1 (default 4; quick 2)")
     parser.add_argument("--questions", type=int, default=None, help="questions per prompt in k1 (default 4; quick 2)")
-    parser.add_argument("--unique", type=int, default=None, help="requests in k2 (default 4; quick 2)")
+    parser.add_argument("--unique", type=int, default=None, help="requests in k2 (default 3; quick 2)")
     parser.add_argument(
         "--sentences", type=int, default=None, help="sentences per system prompt (default 57 ≈ 1,500 tokens; quick 30)"
     )
     parser.add_argument(
         "--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="llama.cpp threads, both sides"
     )
+    add_repeats_argument(parser)
 
 
 class DirectModel:
@@ -177,7 +180,7 @@ def run(bench: Run) -> Report:
     args = bench.args
     prompts = args.prompts or (2 if bench.quick else 4)
     questions = args.questions or (2 if bench.quick else 4)
-    unique_count = args.unique or (2 if bench.quick else 4)
+    unique_count = args.unique or (2 if bench.quick else 3)
     sentences = args.sentences or (30 if bench.quick else 57)
     threads = args.threads
     shared, unique = shared_workload(prompts, questions, sentences), unique_workload(unique_count, sentences)
@@ -212,13 +215,18 @@ def run(bench: Run) -> Report:
             work.create_and_drain(http, batch_body(warm), timeout=600, poll_seconds=1.0)
             direct_shared = direct.loop(shared)
             batch_shared = one_batch(http, shared)
-            direct_unique = direct.loop(unique)
-            batch_unique = one_batch(http, unique)
+            directs_unique, batches_unique = [direct.loop(unique)], []
+            for _ in range(bench.repeats):
+                batches_unique.append(one_batch(http, unique))
+                directs_unique.append(direct.loop(unique))
     finally:
         direct.close()
 
     shared_ratio = direct_shared.seconds / batch_shared.seconds
-    unique_ratio = direct_unique.seconds / batch_unique.seconds
+    direct_unique = Side(statistics.fmean(side.seconds for side in directs_unique), directs_unique[0].texts)
+    batch_unique = batches_unique[0]
+    batch_unique_seconds = statistics.fmean(side.seconds for side in batches_unique)
+    unique_ratio = direct_unique.seconds / batch_unique_seconds
     details = {
         "system prompt size": f"{system_tokens} tokens (SmolLM2 tokenizer), plus the question and template",
         "k1 direct loop (submitted order)": seconds(direct_shared.seconds),
@@ -227,8 +235,10 @@ def run(bench: Run) -> Report:
             f"cache_read_input_tokens {batch_shared.cache_read_tokens:,}, input_tokens {batch_shared.input_tokens:,}"
         ),
         "k1 same text on both sides": f"{same_texts(direct_shared, batch_shared)} of {len(shared)}",
-        "k2 direct loop": seconds(direct_unique.seconds),
-        "k2 overnight batch (create → ended_at)": seconds(batch_unique.seconds),
+        "k2 direct loops, in order": "; ".join(seconds(side.seconds) for side in directs_unique),
+        "k2 overnight batches (create → ended_at), in order": "; ".join(
+            seconds(side.seconds) for side in batches_unique
+        ),
         "k2 overnight usage": (
             f"cache_read_input_tokens {batch_unique.cache_read_tokens:,}, input_tokens {batch_unique.input_tokens:,}"
         ),
@@ -247,8 +257,8 @@ def run(bench: Run) -> Report:
         Row(
             KEY + "2",
             unique_label,
-            f"overnight: {seconds(batch_unique.seconds)}",
-            f"direct llama.cpp: {seconds(direct_unique.seconds)}",
+            f"overnight: {seconds(batch_unique_seconds)} (mean)",
+            f"direct llama.cpp: {seconds(direct_unique.seconds)} (mean)",
             unique_ratio,
             unique_target,
             verdict(unique_ratio >= MIN_UNIQUE_RATIO),
