@@ -195,8 +195,14 @@ def run(bench: Run) -> Report:
         import llama_cpp  # noqa: F401
     except ImportError:
         why = "llama-cpp-python is not installed"
-        return Report(KEY, TITLE, [pending(KEY + "1", shared_label, shared_target, why),
-                                   pending(KEY + "2", unique_label, unique_target, why)])
+        return Report(
+            KEY,
+            TITLE,
+            [
+                pending(KEY + "1", shared_label, shared_target, why),
+                pending(KEY + "2", unique_label, unique_target, why),
+            ],
+        )
     from overnight.backends.local import default_model_path
 
     model = default_model_path()

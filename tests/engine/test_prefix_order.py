@@ -88,7 +88,11 @@ async def insert(store: Store, workspace: str, items: list[tuple[str, bytes]]) -
 async def running(store: Store, backend: OrderRecordingBackend, *, concurrency: int) -> AsyncIterator[Scheduler]:
     caller = BackendCaller(Router.single(backend), RetryPolicy(), default_limit=concurrency)
     scheduler = Scheduler(
-        store, caller, concurrency=concurrency, lease_seconds=60, sweep_interval_seconds=1,
+        store,
+        caller,
+        concurrency=concurrency,
+        lease_seconds=60,
+        sweep_interval_seconds=1,
         results_retention_seconds=3600,
     )
     await scheduler.start()
@@ -148,8 +152,12 @@ async def test_a_batch_with_other_prefixes_is_not_starved_by_a_well_cached_one(s
 
 def test_the_key_covers_model_system_tools_and_leading_turns() -> None:
     def params(**overrides: Any) -> bytes:
-        body: dict[str, Any] = {"model": "m", "max_tokens": 5, "system": "S",
-                                "messages": [{"role": "user", "content": "q"}]}
+        body: dict[str, Any] = {
+            "model": "m",
+            "max_tokens": 5,
+            "system": "S",
+            "messages": [{"role": "user", "content": "q"}],
+        }
         body.update(overrides)
         return msgspec.json.encode(body)
 
