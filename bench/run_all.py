@@ -52,6 +52,7 @@ BENCHMARKS = [
     Benchmark("h", "h_postgres_control_plane", "control plane on PostgreSQL", profilable=False),
     Benchmark("i", "i_postgres_ingest", "ingest on PostgreSQL", profilable=False),
     Benchmark("j", "j_openai_control_plane", "OpenAI-format control plane", profilable=True),
+    Benchmark("k", "k_prefix_cache", "shared-prefix batch on the local model", profilable=True),
 ]
 TIMEOUT_SECONDS = 900
 QUICK_TIMEOUT_SECONDS = 300

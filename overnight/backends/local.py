@@ -16,11 +16,16 @@ Sampling follows the Messages API defaults: temperature 1.0, no nucleus (top_p 1
 whatever ran before it on the instance (the instance then re-evaluates each prompt in full; without a
 seed it reuses the KV cache of a prefix shared with its previous request).
 
-Usage: `input_tokens` is the prompt's token count (template tokens included, exactly what `count_tokens`
-answers), `output_tokens` every token the model produced, the final end-of-turn token included.
+Usage: `input_tokens + cache_read_input_tokens` is the prompt's token count (template tokens included,
+exactly what `count_tokens` answers): `cache_read_input_tokens` counts the leading prompt tokens the
+instance found already in its KV cache and did not evaluate again (whether or not the request asked
+for `cache_control`; always 0 with a `seed`), `input_tokens` the rest; `cache_creation_input_tokens`
+is 0 (keeping a prompt's KV cache costs nothing extra). `output_tokens` is every token the model
+produced, the final end-of-turn token included.
 
 llama.cpp calls block, so each model instance has its own single worker thread and handles one request
-at a time; `instances` copies make up a pool and `max_concurrency` equals their number. A cancelled request
+at a time; `instances` copies make up a pool and `max_concurrency` equals their number. A request goes to
+the free instance that last ran the same prefix where there is one (see `local_pool`). A cancelled request
 stops generating at the next token.
 """
 
@@ -31,6 +36,7 @@ import importlib.metadata
 import os
 import random
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from overnight.backends.chat_template import ChatPrompt, ChatTemplate, Role
 from overnight.backends.features import refuse_unsupported_options, unsupported
+from overnight.backends.local_pool import InstancePool
 from overnight.backends.stops import first_stop_sequence
 from overnight.exceptions import ApiError, InvalidRequestError, OvernightError
 from overnight.protocol.messages import (
@@ -81,7 +88,8 @@ class _Generation:
     text: str
     stop_reason: str
     stop_sequence: str | None
-    input_tokens: int
+    input_tokens: int  # the whole prompt
+    cached_tokens: int  # of which were already in the KV cache
     output_tokens: int
 
 
@@ -109,7 +117,7 @@ class LocalBackend:
         self.n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2 // instances)
         self.seed = seed
         self.min_p = min_p
-        self._pool: asyncio.Queue[_Instance] | None = None
+        self._pool: InstancePool[_Instance] | None = None
         self._all: list[_Instance] = []
         self._chat: ChatTemplate | None = None
         self._start_lock = asyncio.Lock()
@@ -136,11 +144,8 @@ class LocalBackend:
                 for instance in instances:
                     await asyncio.to_thread(instance.shutdown)
                 raise LocalModelError(f"could not load local model {path}: {exc}") from exc
-            pool: asyncio.Queue[_Instance] = asyncio.Queue()
-            for instance in instances:
-                pool.put_nowait(instance)
             self._chat = instances[0].chat_template()
-            self._all, self._pool = instances, pool
+            self._all, self._pool = instances, InstancePool(instances)
 
     async def create_message(self, params: MessageCreateParams) -> Message:
         system, turns = prompt_turns(params)  # refusals come before any model work
@@ -157,7 +162,8 @@ class LocalBackend:
         await self.start()
         assert self._pool is not None and self._chat is not None
         prompt = self._chat.prompt(system, turns)
-        instance = await self._pool.get()
+        # The part of the prompt requests share (system and every turn but the last): its instance.
+        index, instance = await self._pool.acquire(hash((system, *turns[:-1])))
         cancel = threading.Event()
         try:
             result = await instance.run(prompt, sampling, cancel)
@@ -171,16 +177,18 @@ class LocalBackend:
         finally:
             # Safe even while a cancelled call is still finishing: the instance's single worker thread
             # runs the next call only after it.
-            self._pool.put_nowait(instance)
+            self._pool.release(index)
 
-        return message(
+        reply = message(
             model=params.model,
             content=[text_block(result.text)] if result.text else [],
             stop_reason=result.stop_reason,
             stop_sequence=result.stop_sequence,
-            input_tokens=result.input_tokens,
+            input_tokens=result.input_tokens - result.cached_tokens,
             output_tokens=result.output_tokens,
         )
+        reply["usage"].update(cache_creation_input_tokens=0, cache_read_input_tokens=result.cached_tokens)
+        return reply
 
     async def count_tokens(self, params: MessageCreateParams) -> int:
         system, turns = prompt_turns(params)
@@ -252,6 +260,7 @@ class _Instance:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"overnight-llama-{index}")
         self._llm: Llama | None = None
         self._vocab: Any = None
+        self._cached: int | None = None  # KV-cached prompt tokens the running generation started from
 
     async def load(self, path: Path, *, n_ctx: int, n_threads: int) -> None:
         loop = asyncio.get_running_loop()
@@ -265,6 +274,17 @@ class _Instance:
         llm = llama_cpp.Llama(
             model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, verbose=False
         )
+        # `generate` decides how much of the previous prompt's KV cache to keep (a shared prefix, or all
+        # of it) and evaluates the rest in its first `eval`: what the cache held then is the cache read.
+        # Observed rather than re-derived, so the count is what llama.cpp really skipped.
+        evaluate = llm.eval
+
+        def eval_noting_cache(tokens: Sequence[int]) -> None:
+            if self._cached is None:
+                self._cached = llm.n_tokens
+            evaluate(tokens)
+
+        setattr(llm, "eval", eval_noting_cache)  # noqa: B010 (an instance attribute over the method)
         self._llm = llm
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
 
@@ -317,6 +337,7 @@ class _Instance:
             # logits slightly differently: a fixed seed promises the same sample, so start from scratch.
             llm.reset()
         llm.set_seed(sampling.seed)
+        self._cached = None
         generated: list[int] = []
         stop_reason, stop_sequence, cut = "end_turn", None, None
         produced = 0
@@ -356,7 +377,7 @@ class _Instance:
             text = text[:cut]
         if chat.strip_leading_whitespace:
             text = text.lstrip()
-        return _Generation(text, stop_reason, stop_sequence, len(prompt), produced)
+        return _Generation(text, stop_reason, stop_sequence, len(prompt), self._cached or 0, produced)
 
     def close(self) -> None:
         if self._llm is not None:

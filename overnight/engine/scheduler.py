@@ -3,6 +3,7 @@
 Tasks, all on the event loop:
 - the feeder keeps a small buffer of leased requests, leasing an equal share from every in-progress
   batch per round (so a 10-request batch is not starved behind a 100k one) and interleaving them;
+  the buffer hands out requests sharing a prompt prefix back to back (see `prefix.py`);
 - `concurrency` workers take from the buffer, validate params, call the routed backend;
 - the writer flushes finished outcomes in one transaction per group (every few ms or N results);
 - the renewer extends the leases of everything this process holds;
@@ -25,6 +26,7 @@ from typing import Any
 
 from overnight.backends.base import Backend
 from overnight.engine.calls import BackendCaller, RequestWithdrawn
+from overnight.engine.prefix import PrefixQueue, prefix_key
 from overnight.engine.sweeper import Sweeper
 from overnight.exceptions import ApiError, OvernightError, RateLimitError
 from overnight.metrics import NO_BACKEND, Metrics
@@ -75,7 +77,7 @@ class Scheduler:
             metrics=self.metrics,
         )
 
-        self._buffer: asyncio.Queue[LeasedRequest | None] = asyncio.Queue()
+        self._buffer: PrefixQueue[LeasedRequest | None] = PrefixQueue(_buffer_key, _buffer_owner)
         self._held: dict[int, LeasedRequest] = {}  # leased by us and not yet written back
         self._unwritten: list[Completion] = []
         self._batch_status: dict[int, str] = {}  # status of every batch that has not ended
@@ -394,6 +396,14 @@ class Scheduler:
         now = now_micros()
         share = await self.store.heartbeat(self.owner, now, live_after=now - int(self.lease_seconds * MICROS))
         self.caller.apply_node_share(share)
+
+
+def _buffer_key(item: LeasedRequest | None) -> object:
+    return None if item is None else prefix_key(item.params)
+
+
+def _buffer_owner(item: LeasedRequest | None) -> int | None:
+    return None if item is None else item.batch_seq
 
 
 def _usage_of(message: dict[str, Any]) -> tuple[int, int, int, int] | None:
