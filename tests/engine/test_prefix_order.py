@@ -17,10 +17,10 @@ from typing import Any
 
 import msgspec
 import pytest
-from overnight.routing import Router
 
 from overnight import ids
 from overnight.backends.fake import reply_to
+from overnight.backends.routing import Router
 from overnight.engine import Scheduler
 from overnight.engine.calls import BackendCaller, RetryPolicy
 from overnight.engine.prefix import DEFAULT_MAX_OVERTAKES, PrefixQueue, prefix_key
