@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from overnight.api import messages
 from overnight.api.auth import authenticate
-from overnight.api.body import read_body
+from overnight.api.body import capped_chunks, declared_length
 from overnight.api.context import Context, beta_features, context_of, page_limit, public_base_url
 from overnight.api.metrics import metrics_endpoint
 from overnight.api.responses import json_response
@@ -24,9 +24,13 @@ async def create_batch(request: Request) -> Response:
     context = context_of(request)
     workspace = _workspace(request, context)
     betas = beta_features(request, context.settings.max_beta_features)
-    body = await read_body(request, context.settings)
-    base_url = public_base_url(request, context.settings)
-    batch = await context.batches.create(workspace, body, base_url, betas=betas)
+    settings = context.settings
+    # Decoded (and, for a big body arriving fast, inserted) while it arrives: see streamed_create.py.
+    chunks = capped_chunks(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
+    base_url = public_base_url(request, settings)
+    batch = await context.batches.create_streamed(
+        workspace, chunks, base_url, declared_length=declared_length(request), betas=betas
+    )
     return json_response(batch)
 
 
