@@ -48,12 +48,6 @@ async def capped_chunks(request: Request, limit: int, timeout_seconds: float) ->
         yield chunk
 
 
-def declared_length(request: Request) -> int | None:
-    """The body's `content-length`, when the client declared one."""
-    declared = request.headers.get("content-length")
-    return int(declared) if declared is not None and declared.isdigit() else None
-
-
 async def _chunks(request: Request, timeout_seconds: float) -> AsyncIterator[bytes]:
     """The body's chunks, each awaited for at most `timeout_seconds`."""
     receive = request.receive

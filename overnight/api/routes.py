@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from overnight.api import messages
 from overnight.api.auth import authenticate
-from overnight.api.body import capped_chunks, declared_length
+from overnight.api.body import capped_chunks
 from overnight.api.context import Context, beta_features, context_of, page_limit, public_base_url
 from overnight.api.metrics import metrics_endpoint
 from overnight.api.responses import json_response
@@ -25,12 +25,9 @@ async def create_batch(request: Request) -> Response:
     workspace = _workspace(request, context)
     betas = beta_features(request, context.settings.max_beta_features)
     settings = context.settings
-    # Decoded (and, for a big body arriving fast, inserted) while it arrives: see streamed_create.py.
+    # Decoded while it arrives (see protocol/create_stream.py): only the insert is left at its end.
     chunks = capped_chunks(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
-    base_url = public_base_url(request, settings)
-    batch = await context.batches.create_streamed(
-        workspace, chunks, base_url, declared_length=declared_length(request), betas=betas
-    )
+    batch = await context.batches.create_streamed(workspace, chunks, public_base_url(request, settings), betas=betas)
     return json_response(batch)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,6 @@ from alembic.config import Config
 from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, func, select, update
 from sqlalchemy import exc as sa_exc
 
-from overnight.store.feed import ItemFeed
 from overnight.store.records import (
     CANCELED,
     CANCELING,
@@ -237,64 +235,6 @@ class Store:
             first_id, last_id = self._insert_requests(conn, seq, items)
             conn.execute(
                 update(batches).where(batches.c.seq == seq).values(first_request_id=first_id, last_request_id=last_id)
-            )
-            self._notify(conn)
-            return _one_batch(conn, seq)
-
-    supports_streamed_insert: ClassVar[bool] = False
-    """Whether `insert_streamed_batch` works here (it needs `_insert_requests` callable per chunk)."""
-
-    @writes
-    def insert_streamed_batch(
-        self,
-        *,
-        batch_id: str,
-        workspace: str,
-        created_at: int,
-        expires_at: int,
-        feed: ItemFeed,
-        betas: Sequence[str] = (),
-        max_queued_requests: int = 0,
-    ) -> BatchRecord:
-        """`insert_batch`, with the requests taken from `feed` as they are decoded: one transaction, all
-        or nothing, held open for at most `feed.hold_seconds` (`FeedTooSlowError` after that, with
-        nothing stored; `FeedAbortedError` when the create failed)."""
-        deadline = time.monotonic() + feed.hold_seconds
-        with self.engine.begin() as conn:
-            self._begin_write(conn)
-            if max_queued_requests:
-                self._lock_workspace(conn, workspace)
-            seq = conn.execute(
-                batches.insert()
-                .values(
-                    id=batch_id,
-                    workspace=workspace,
-                    status=IN_PROGRESS,
-                    total=0,
-                    processing=0,
-                    created_at=created_at,
-                    expires_at=expires_at,
-                    betas=",".join(betas) or None,
-                )
-                .returning(batches.c.seq)
-            ).scalar_one()
-            first_id: int | None = None
-            last_id: int | None = None
-            total = 0
-            while (items := feed.take(deadline)) is not None:
-                first, last_id = self._insert_requests(conn, seq, items)
-                first_id = first if first_id is None else first_id
-                total += len(items)
-            if max_queued_requests:
-                queued = conn.execute(
-                    select(batches.c.processing).where(batches.c.workspace == workspace, UNFINISHED)
-                ).scalars()
-                if sum(queued) + total > max_queued_requests:
-                    raise QueueFullError(max_queued_requests)
-            conn.execute(
-                update(batches)
-                .where(batches.c.seq == seq)
-                .values(total=total, processing=total, first_request_id=first_id, last_request_id=last_id)
             )
             self._notify(conn)
             return _one_batch(conn, seq)

@@ -1,9 +1,8 @@
-"""Big creates are decoded and inserted while their body arrives (overnight/streamed_create.py).
+"""Big creates are decoded while their body arrives (overnight/protocol/create_stream.py).
 
-Through the real server over plain sockets: a body of several 8 MiB pieces takes the streamed path;
+Through the real server over plain sockets: a body of several 8 MiB pieces is decoded piece by piece;
 it must store exactly what a whole-body create stores, store nothing when the body turns out bad or
-the client goes away, and never hold the database's write lock for a client that stalls (the streamed
-insert gives up after `_HOLD_SECONDS` = 5 s and the batch is inserted once its body is complete).
+the client goes away, and a client that stalls mid-body must not hold up anyone else's create.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from tests.server import ServerProcess
 
 BATCHES = "/v1/messages/batches"
 COUNT = 6000  # ~3 KB each: ~18 MB, two full pieces and a tail
-HOLD_SECONDS = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +90,9 @@ def _wait_ended(raw: httpx.Client, batch_id: str) -> dict:
     raise AssertionError(f"batch {batch_id} did not end")
 
 
-def _logged(server: ServerProcess, text: str) -> bool:
-    return text in server.stderr_path.read_text(errors="replace") + server.stdout_path.read_text(errors="replace")
-
-
 def test_big_create_stores_every_request_in_order(server: ServerProcess, raw: httpx.Client) -> None:
     status, batch = _post(server, _body())
     assert status == 200, batch
-    assert _logged(server, f"batch {batch['id']}: inserting its requests while its body arrives")
     assert batch["request_counts"]["processing"] == COUNT
     ended = _wait_ended(raw, batch["id"])
     assert ended["request_counts"]["succeeded"] == COUNT
@@ -140,27 +133,24 @@ def test_client_that_goes_away_midway_stores_nothing(server: ServerProcess, raw:
     assert _batch_ids(raw) == before | {batch["id"]}
 
 
-def test_stalling_client_does_not_hold_the_write_lock(server: ServerProcess, raw: httpx.Client) -> None:
+def test_stalling_client_does_not_hold_up_other_creates(server: ServerProcess, raw: httpx.Client) -> None:
     body = _body(prefix="slow")
     slow: dict[str, tuple[int, dict]] = {}
-    stall_s = HOLD_SECONDS + 3
+    stall_s = 4.0
 
     def upload() -> None:
         slow["result"] = _post(server, body, stall_after=len(body) - 1000, stall_s=stall_s)
 
     uploader = threading.Thread(target=upload)
     uploader.start()
-    time.sleep(1.0)  # the streamed insert has started and now waits for the stalled body
+    time.sleep(1.0)  # most of the body has arrived and been decoded; the rest is held back
     started = time.monotonic()
     status, other = _post(server, _body(count=5, prefix="other"))
     waited = time.monotonic() - started
     uploader.join(60)
     assert status == 200, other
-    # Queued behind the stalled insert at most until it gave up, not until the stalled client finished.
-    assert waited < stall_s - 1, waited
+    assert waited < stall_s - 1, waited  # nothing (no lock, no transaction) waited for the stalled body
     status, batch = slow["result"]
     assert status == 200, batch
     assert batch["request_counts"]["processing"] == COUNT
-    assert _logged(server, f"batch {batch['id']}: inserting its requests while its body arrives")
-    assert _logged(server, f"batch {batch['id']}: its body came too slowly")
     assert _wait_ended(raw, batch["id"])["request_counts"]["succeeded"] == COUNT
