@@ -17,7 +17,6 @@ from overnight.config import Settings
 from overnight.exceptions import InvalidRequestError, NotFoundError, RateLimitError
 from overnight.metrics import NO_BACKEND, Metrics
 from overnight.protocol.batches import batch_object, decode_create_body, deleted_object, page_object
-from overnight.protocol.create_stream import CreateBodyStream
 from overnight.store import BatchRecord, QueueFullError, Store, UnknownCursorError
 from overnight.store.records import CANCELED, CANCELING, ENDED
 from overnight.timestamps import MICROS, now_micros
@@ -47,25 +46,6 @@ class BatchService:
     ) -> dict[str, Any]:
         """Store a new batch; `betas` are the `anthropic-beta` features its requests are sent with."""
         items = decode_create_body(body, max_requests=self.settings.max_requests)
-        return await self._create_from(workspace, items, public_base_url, betas)
-
-    async def create_streamed(
-        self, workspace: str, chunks: AsyncIterator[bytes], public_base_url: str, *, betas: Sequence[str] = ()
-    ) -> dict[str, Any]:
-        """`create`, from the body's chunks as they arrive: the requests are decoded meanwhile, a few MB
-        at a time (`CreateBodyStream`), so that only the insert is left once the body is complete.
-
-        The insert itself waits for the whole body: SQLite has one write lock, and a transaction open
-        during an upload would let a slow client hold it (and, measured on 2 cores, inserting while
-        receiving was slower than after: the threads contend for the GIL)."""
-        stream = CreateBodyStream(max_requests=self.settings.max_requests)
-        async for chunk in chunks:
-            stream.feed(chunk)
-        return await self._create_from(workspace, stream.finish(), public_base_url, betas)
-
-    async def _create_from(
-        self, workspace: str, items: Sequence[tuple[str, msgspec.Raw]], public_base_url: str, betas: Sequence[str]
-    ) -> dict[str, Any]:
         created_at = now_micros()
         try:
             record = await self.store.insert_batch(

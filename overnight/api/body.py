@@ -27,25 +27,17 @@ async def read_body(request: Request, settings: Settings) -> bytearray:
 async def read_capped_body(request: Request, limit: int, timeout_seconds: float) -> bytearray:
     """The whole body, or `RequestTooLargeError` past `limit` bytes, or `RequestTimeoutError` when no
     byte arrives for `timeout_seconds`."""
-    body = bytearray()
-    async for chunk in capped_chunks(request, limit, timeout_seconds):
-        body += chunk
-    return body
-
-
-async def capped_chunks(request: Request, limit: int, timeout_seconds: float) -> AsyncIterator[bytes]:
-    """The body's chunks as they arrive, under the same cap and read timeout as `read_capped_body`."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         await _drain(request, timeout_seconds)
         raise _too_large(limit)
-    received = 0
+    body = bytearray()
     async for chunk in _chunks(request, timeout_seconds):
-        received += len(chunk)
-        if received > limit:
+        body += chunk
+        if len(body) > limit:
             await _drain(request, timeout_seconds)
             raise _too_large(limit)
-        yield chunk
+    return body
 
 
 async def _chunks(request: Request, timeout_seconds: float) -> AsyncIterator[bytes]:

@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from overnight.api import messages
 from overnight.api.auth import authenticate
-from overnight.api.body import capped_chunks
+from overnight.api.body import read_body
 from overnight.api.context import Context, beta_features, context_of, page_limit, public_base_url
 from overnight.api.metrics import metrics_endpoint
 from overnight.api.responses import json_response
@@ -24,10 +24,9 @@ async def create_batch(request: Request) -> Response:
     context = context_of(request)
     workspace = _workspace(request, context)
     betas = beta_features(request, context.settings.max_beta_features)
-    settings = context.settings
-    # Decoded while it arrives (see protocol/create_stream.py): only the insert is left at its end.
-    chunks = capped_chunks(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
-    batch = await context.batches.create_streamed(workspace, chunks, public_base_url(request, settings), betas=betas)
+    body = await read_body(request, context.settings)
+    base_url = public_base_url(request, context.settings)
+    batch = await context.batches.create(workspace, body, base_url, betas=betas)
     return json_response(batch)
 
 

@@ -1,8 +1,6 @@
-"""Big creates are decoded while their body arrives (overnight/protocol/create_stream.py).
-
-Through the real server over plain sockets: a body of several 8 MiB pieces is decoded piece by piece;
-it must store exactly what a whole-body create stores, store nothing when the body turns out bad or
-the client goes away, and a client that stalls mid-body must not hold up anyone else's create.
+"""Big creates (~18 MB, several multi-thousand-row insert statements) through the real server over
+plain sockets: every request stored in order, nothing stored when the body turns out bad at its very
+end or the client goes away midway, and a client that stalls mid-body holds up nobody else's create.
 """
 
 from __future__ import annotations
@@ -143,7 +141,7 @@ def test_stalling_client_does_not_hold_up_other_creates(server: ServerProcess, r
 
     uploader = threading.Thread(target=upload)
     uploader.start()
-    time.sleep(1.0)  # most of the body has arrived and been decoded; the rest is held back
+    time.sleep(1.0)  # most of the body has arrived; the rest is held back
     started = time.monotonic()
     status, other = _post(server, _body(count=5, prefix="other"))
     waited = time.monotonic() - started
