@@ -13,27 +13,37 @@ _TO_BASE62 = bytes(_ALPHABET[value % 62] for value in range(248)) + bytes(8)
 _UNEVEN = bytes(range(248, 256))
 
 
-_DRAW_BYTES = 32  # leaves at least 24 usable bytes except with negligible probability
-_POOL_BYTES = _DRAW_BYTES * 256
+_ID_LENGTH = 24
+# 64 KiB from the OS at a time, ~2,600 ids: `os.urandom` releases the GIL, and taking it back can wait
+# a whole switch interval while a store thread holds it, so the fewer calls the better.
+_POOL_BYTES = 1 << 16
 
 
 class _RandomPool:
-    """Bytes from the OS's CSPRNG, fetched 8 KiB at a time: one system call per 256 ids, not one each."""
+    """Base62 strings cut from one draw of the OS's CSPRNG: one system call per ~2,600 ids, not one each.
+
+    The draw is mapped to base62 as a whole (uneven bytes deleted), so every character is independent
+    and uniform, and consecutive 24-character slices are as good as separate draws.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pool = b""
+        self._chars = ""
         self._offset = 0
 
-    def take(self, size: int) -> bytes:
+    def take(self, length: int = _ID_LENGTH) -> str:
         with self._lock:
-            if self._offset + size > len(self._pool):
-                self._pool, self._offset = os.urandom(_POOL_BYTES), 0
-            start, self._offset = self._offset, self._offset + size
-            return self._pool[start : self._offset]
+            if self._offset + length > len(self._chars):
+                self._chars = os.urandom(_POOL_BYTES).translate(_TO_BASE62, _UNEVEN).decode()
+                self._offset = 0
+            start = self._offset
+            self._offset = start + length
+            return self._chars[start : self._offset]
 
     def forget(self) -> None:
-        self._pool, self._offset = b"", 0
+        # In a forked child: the lock may have been held by a thread that does not exist there.
+        self._lock = threading.Lock()
+        self._chars, self._offset = "", 0
 
 
 _random = _RandomPool()
@@ -41,11 +51,8 @@ _random = _RandomPool()
 os.register_at_fork(after_in_child=_random.forget)
 
 
-def _random_base62(length: int = 24) -> str:
-    while True:
-        usable = _random.take(_DRAW_BYTES).translate(_TO_BASE62, _UNEVEN)
-        if len(usable) >= length:
-            return usable[:length].decode()
+def _random_base62(length: int = _ID_LENGTH) -> str:
+    return _random.take(length)
 
 
 def batch_id() -> str:

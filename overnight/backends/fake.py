@@ -41,11 +41,17 @@ class FakeBackend:
 
 def reply_to(params: MessageCreateParams) -> Message:
     """The fake backend's whole semantics, as a pure function."""
-    reply = ""
-    for turn in reversed(params.messages):
+    # One pass over the turns counts the input words and keeps the last user turn's text and words.
+    system = params.system
+    input_words = len((system if isinstance(system, str) else text_of(system)).split()) if system else 0
+    reply, words = "", []
+    for turn in params.messages:
+        content = turn.content
+        text = content if content.__class__ is str else text_of(content)
+        turn_words = text.split()
+        input_words += len(turn_words)
         if turn.role == "user":
-            reply = text_of(turn.content)
-            break
+            reply, words = text, turn_words
     stop_reason, stop_sequence = "end_turn", None
 
     first_match = first_stop_sequence(reply, params.stop_sequences) if params.stop_sequences else None
@@ -54,7 +60,6 @@ def reply_to(params: MessageCreateParams) -> Message:
         reply, stop_reason = reply[:cut], "stop_sequence"
         output_words = len(reply.split())
     else:
-        words = reply.split()
         output_words = len(words)
         if output_words > params.max_tokens:
             reply, stop_reason = " ".join(words[: params.max_tokens]), "max_tokens"
@@ -65,7 +70,7 @@ def reply_to(params: MessageCreateParams) -> Message:
         content=[text_block(reply)],
         stop_reason=stop_reason,
         stop_sequence=stop_sequence,
-        input_tokens=max(1, _input_words(params)),
+        input_tokens=max(1, input_words),
         output_tokens=max(1, output_words),
     )
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from overnight.exceptions import InvalidRequestError
+from overnight.protocol.fast_params import ParamsAssembler
 from overnight.protocol.validation import Location, describe_error, is_type_label
 
 
@@ -243,7 +244,8 @@ class MessageCreateParams(_Strict):
 
     def unknown_keys(self) -> list[str]:
         """Top-level keys this model does not know, in the order sent."""
-        return [key for key in self.model_extra or () if key not in _HEADER_KEYS]
+        extra = self.__pydantic_extra__
+        return [key for key in extra if key not in _HEADER_KEYS] if extra else []
 
 
 # Header-like keys the SDKs may leave inside params, under either spelling; never sent upstream as params.
@@ -261,20 +263,33 @@ _BLOCK_TYPES = {
 
 def parse_params(raw: bytes | bytearray | memoryview | str) -> MessageCreateParams:
     """Validate one request's params, raising `InvalidRequestError` that names the offending field."""
+    params = _fast.parse(raw)  # the common shapes, in C; anything else (or wrong) is pydantic's to judge
+    if params is None:
+        params = parse_params_with_pydantic(raw)
+    _check_consistency(params)
+    return params
+
+
+def parse_params_with_pydantic(raw: bytes | bytearray | memoryview | str) -> MessageCreateParams:
+    """The general path: every shape the API accepts, and the wording of every error (no consistency
+    checks: `parse_params` adds those)."""
     try:
-        params = MessageCreateParams.model_validate_json(bytes(raw) if isinstance(raw, memoryview) else raw)
+        return MessageCreateParams.model_validate_json(bytes(raw) if isinstance(raw, memoryview) else raw)
     except ValidationError as exc:
         raise InvalidRequestError(describe_validation_error(exc)) from None
     except (RecursionError, UnicodeDecodeError):  # pydantic reports both itself today; kept a 400 if not
         raise InvalidRequestError("params: invalid JSON (nested too deeply or not UTF-8)") from None
-    _check_consistency(params)
-    return params
+
+
+_fast = ParamsAssembler(MessageCreateParams, MessageParam, TextBlock, CacheControl, Metadata)
 
 
 def _check_consistency(params: MessageCreateParams) -> None:
     """Rules beyond each field's own type, as the API states them."""
     if params.stream:
         raise InvalidRequestError("stream: streaming is not supported by this server; send stream: false")
+    if params.thinking is None and params.tool_choice is None:
+        return  # the common case: nothing below applies
     if isinstance(params.thinking, ThinkingEnabled) and params.thinking.budget_tokens >= params.max_tokens:
         raise InvalidRequestError(
             f"thinking.budget_tokens: must be less than max_tokens ({params.thinking.budget_tokens} >= "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
@@ -17,6 +18,20 @@ from overnight.store.records import Completion, LeasedRequest
 # once while SQLite works, where executemany releases and retakes it for every row — and with the event
 # loop busy, retaking it can wait a whole switch interval (5 ms) each time.
 _ROWS_PER_STATEMENT = 500
+# Inserts bind more rows per statement (a 250 MB create: 25 statements, not 200, each one more wait for
+# the GIL after SQLite's work, with the event loop busy meanwhile). Only these few sizes: the
+# sqlite3 module caches each statement, and a cached statement keeps SQLite's copy of the values last
+# bound to it (4000 params of 2.5 KB: 10 MB) — one statement per size ever, not one per batch or piece.
+_INSERT_STATEMENT_ROWS = (4000, 1000, 250, 60, 15, 4, 1)
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    # The batch's seq is the first parameter, used by every row (`?1`), so batches share statements.
+    return (
+        "INSERT INTO requests (batch_seq, custom_id, params, state, attempt) VALUES "
+        + ",".join(["(?1, ?, ?, 'pending', 0)"] * rows)
+    )
 # Enough for the writer, the readers and the checkpointer threads the store runs.
 _POOL_SIZE = 8
 # The next n pending requests of an in-progress batch, in id order, as one value: records separated by
@@ -75,13 +90,12 @@ class SQLiteStore(Store):
         # the largest before the insert, up to the largest after it.
         cursor.execute("SELECT max(id) FROM requests")
         first_id = (cursor.fetchone()[0] or 0) + 1
-        for start in range(0, len(items), _ROWS_PER_STATEMENT):
-            rows = items[start : start + _ROWS_PER_STATEMENT]
-            cursor.execute(
-                "INSERT INTO requests (batch_seq, custom_id, params, state, attempt) VALUES "
-                + ",".join([f"({seq}, ?, ?, 'pending', 0)"] * len(rows)),
-                list(chain.from_iterable(rows)),
-            )
+        position = 0
+        for size in _INSERT_STATEMENT_ROWS:
+            while len(items) - position >= size:
+                rows = items[position : position + size]
+                cursor.execute(_insert_sql(size), [seq, *chain.from_iterable(rows)])
+                position += size
         cursor.execute("SELECT max(id) FROM requests")
         return first_id, cursor.fetchone()[0]
 

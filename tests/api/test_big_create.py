@@ -1,0 +1,154 @@
+"""Big creates (~18 MB, several multi-thousand-row insert statements) through the real server over
+plain sockets: every request stored in order, nothing stored when the body turns out bad at its very
+end or the client goes away midway, and a client that stalls mid-body holds up nobody else's create.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.api.helpers import MODEL
+from tests.conftest import start_server
+from tests.server import ServerProcess
+
+BATCHES = "/v1/messages/batches"
+COUNT = 6000  # ~3 KB each: ~18 MB, two full pieces and a tail
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = start_server(tmp_path_factory.mktemp("streamed"), ["--body-read-timeout", "20"])
+    yield proc
+    proc.terminate_quietly()
+
+
+def _body(count: int = COUNT, prefix: str = "s", last_custom_id: str | None = None) -> bytes:
+    text = "lorem ipsum " * 250
+    requests = [
+        {
+            "custom_id": f"{prefix}-{i}",
+            "params": {"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": f"{i} {text}"}]},
+        }
+        for i in range(count)
+    ]
+    if last_custom_id is not None:
+        requests[-1]["custom_id"] = last_custom_id
+    return json.dumps({"requests": requests}, separators=(",", ":")).encode()
+
+
+def _head(length: int) -> bytes:
+    return (
+        f"POST {BATCHES} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-api-key: k\r\n"
+        f"anthropic-version: 2023-06-01\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+    ).encode()
+
+
+def _response(sock: socket.socket) -> tuple[int, dict]:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def _post(
+    server: ServerProcess, body: bytes, *, stall_after: int | None = None, stall_s: float = 0.0
+) -> tuple[int, dict]:
+    assert server.port is not None
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(_head(len(body)))
+        if stall_after is None:
+            sock.sendall(body)
+        else:
+            sock.sendall(body[:stall_after])
+            time.sleep(stall_s)
+            sock.sendall(body[stall_after:])
+        return _response(sock)
+
+
+def _batch_ids(raw: httpx.Client) -> set[str]:
+    page = raw.get(BATCHES, params={"limit": 1000}).json()
+    return {batch["id"] for batch in page["data"]}
+
+
+def _wait_ended(raw: httpx.Client, batch_id: str) -> dict:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        batch = raw.get(f"{BATCHES}/{batch_id}").json()
+        if batch["processing_status"] == "ended":
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} did not end")
+
+
+def test_big_create_stores_every_request_in_order(server: ServerProcess, raw: httpx.Client) -> None:
+    status, batch = _post(server, _body())
+    assert status == 200, batch
+    assert batch["request_counts"]["processing"] == COUNT
+    ended = _wait_ended(raw, batch["id"])
+    assert ended["request_counts"]["succeeded"] == COUNT
+    lines = raw.get(f"{BATCHES}/{batch['id']}/results").text.splitlines()
+    assert sorted(json.loads(line)["custom_id"] for line in lines) == sorted(f"s-{i}" for i in range(COUNT))
+    first = json.loads(lines[0])
+    assert first["result"]["message"]["content"][0]["text"].startswith(first["custom_id"].split("-")[1] + " lorem")
+
+
+def test_bad_last_request_is_400_and_nothing_is_stored(server: ServerProcess, raw: httpx.Client) -> None:
+    before = _batch_ids(raw)
+    status, error = _post(server, _body(prefix="bad", last_custom_id="not valid!"))
+    assert status == 400, error
+    assert error["error"]["type"] == "invalid_request_error"
+    assert f"requests[{COUNT - 1}].custom_id" in error["error"]["message"]
+    assert _batch_ids(raw) == before
+
+
+def test_duplicate_custom_id_at_the_end_is_400_and_nothing_is_stored(server: ServerProcess, raw: httpx.Client) -> None:
+    before = _batch_ids(raw)
+    status, error = _post(server, _body(prefix="dup", last_custom_id="dup-0"))
+    assert status == 400, error
+    assert error["error"]["message"] == (f"requests.{COUNT - 1}.custom_id: 'dup-0' is not unique (also at requests.0)")
+    assert _batch_ids(raw) == before
+
+
+def test_client_that_goes_away_midway_stores_nothing(server: ServerProcess, raw: httpx.Client) -> None:
+    before = _batch_ids(raw)
+    body = _body(prefix="gone")
+    assert server.port is not None
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(_head(len(body)))
+        sock.sendall(body[: len(body) * 3 // 4])
+        time.sleep(0.5)
+    # The server saw the disconnect and rolled back: a later create is stored, the partial one never is.
+    status, batch = _post(server, _body(count=10, prefix="after"))
+    assert status == 200, batch
+    assert _batch_ids(raw) == before | {batch["id"]}
+
+
+def test_stalling_client_does_not_hold_up_other_creates(server: ServerProcess, raw: httpx.Client) -> None:
+    body = _body(prefix="slow")
+    slow: dict[str, tuple[int, dict]] = {}
+    stall_s = 4.0
+
+    def upload() -> None:
+        slow["result"] = _post(server, body, stall_after=len(body) - 1000, stall_s=stall_s)
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    time.sleep(1.0)  # most of the body has arrived; the rest is held back
+    started = time.monotonic()
+    status, other = _post(server, _body(count=5, prefix="other"))
+    waited = time.monotonic() - started
+    uploader.join(60)
+    assert status == 200, other
+    assert waited < stall_s - 1, waited  # nothing (no lock, no transaction) waited for the stalled body
+    status, batch = slow["result"]
+    assert status == 200, batch
+    assert batch["request_counts"]["processing"] == COUNT
+    assert _wait_ended(raw, batch["id"])["request_counts"]["succeeded"] == COUNT
