@@ -195,9 +195,7 @@ class Drained:
         return (ended - started).total_seconds()
 
 
-def create_and_drain(
-    http: httpx.Client, body: bytes, *, timeout: float, poll_seconds: float = POLL_SECONDS
-) -> Drained:
+def create_and_drain(http: httpx.Client, body: bytes, *, timeout: float, poll_seconds: float = POLL_SECONDS) -> Drained:
     created, posted = create_batch(http, body)
     created_at = time.perf_counter()
     ended = wait_until_ended(http, created["id"], timeout=timeout, poll_seconds=poll_seconds)

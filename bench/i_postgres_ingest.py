@@ -43,9 +43,12 @@ def copy_floor(admin_url: str, ids: Sequence[str], params: Sequence[bytes]) -> f
         )
         conn.commit()
         start = time.perf_counter()
-        with conn.cursor() as cursor, cursor.copy(
-            "COPY requests (batch_seq, custom_id, params, state, attempt) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
+        with (
+            conn.cursor() as cursor,
+            cursor.copy(
+                "COPY requests (batch_seq, custom_id, params, state, attempt) FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
             copy.set_types(["int8", "text", "bytea", "text", "int4"])
             for custom_id, param in zip(ids, params, strict=True):
                 copy.write_row((1, custom_id, param, "pending", 0))
@@ -84,11 +87,24 @@ def run(bench: Run) -> Report:
     peak = max(peak for _, peak in creates)
     size = f"{count:,} requests, {mib(len(body))} body"
     rows = [
-        Row(f"{KEY}1", f"{TITLE}: create time ({size})", seconds(create),
-            f"bare binary COPY of the same rows, same table: {seconds(floor)}", create / floor,
-            f"≤ {MAX_TIME_RATIO}x the floor", verdict(create <= MAX_TIME_RATIO * floor)),
-        Row(f"{KEY}2", f"{TITLE}: server peak RSS during create", mib(peak), f"body size: {mib(len(body))}",
-            peak / len(body), f"≤ {MAX_MEMORY_RATIO}x the body", verdict(peak <= MAX_MEMORY_RATIO * len(body))),
+        Row(
+            f"{KEY}1",
+            f"{TITLE}: create time ({size})",
+            seconds(create),
+            f"bare binary COPY of the same rows, same table: {seconds(floor)}",
+            create / floor,
+            f"≤ {MAX_TIME_RATIO}x the floor",
+            verdict(create <= MAX_TIME_RATIO * floor),
+        ),
+        Row(
+            f"{KEY}2",
+            f"{TITLE}: server peak RSS during create",
+            mib(peak),
+            f"body size: {mib(len(body))}",
+            peak / len(body),
+            f"≤ {MAX_MEMORY_RATIO}x the body",
+            verdict(peak <= MAX_MEMORY_RATIO * len(body)),
+        ),
     ]
     details = {
         "creates (fresh server and database each)": ", ".join(seconds(s) for s, _ in creates),

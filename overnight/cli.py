@@ -59,94 +59,271 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(min=0, max=65535),
-              help="Port to listen on (0: any free one, named in the start-up log line).")
-@click.option("--data-dir", default="overnight-data", show_default=True, type=click.Path(path_type=Path),
-              help="Directory for the SQLite database and any other state.")
-@click.option("--database", "database_url", default=None,
-              help="Database URL: sqlite:///PATH (overrides the file in --data-dir) or "
-                   "postgresql://USER[:PASSWORD]@HOST:PORT/DB, shared by any number of nodes "
-                   "(also OVERNIGHT_DATABASE_URL).")
-@click.option("--role", default="all", show_default=True, type=click.Choice(ROLES),
-              help="all: API and worker; api: serve the API, run no requests; worker: run requests, "
-                   "serve only /healthz. api and worker need a PostgreSQL --database.")
-@click.option("--backend", default="local", show_default=True,
-              type=click.Choice(["local", "anthropic", "openai", "fake"]),
-              help="Backend that serves every model (ignored with --config).")
-@click.option("--config", "config_file", default=None, type=click.Path(path_type=Path, dir_okay=False),
-              help="TOML file routing model names/patterns to backends (see README).")
-@click.option("--fake-latency-ms", default=0.0, show_default=True, type=click.FloatRange(min=0),
-              help="Latency the fake backend adds to each request.")
-@click.option("--upstream-url", default=None,
-              help="Base URL of the upstream for --backend anthropic|openai.")
-@click.option("--upstream-api-key", default=None,
-              help="Key for the upstream (also OVERNIGHT_UPSTREAM_API_KEY).")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(min=0, max=65535),
+    help="Port to listen on (0: any free one, named in the start-up log line).",
+)
+@click.option(
+    "--data-dir",
+    default="overnight-data",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Directory for the SQLite database and any other state.",
+)
+@click.option(
+    "--database",
+    "database_url",
+    default=None,
+    help="Database URL: sqlite:///PATH (overrides the file in --data-dir) or "
+    "postgresql://USER[:PASSWORD]@HOST:PORT/DB, shared by any number of nodes "
+    "(also OVERNIGHT_DATABASE_URL).",
+)
+@click.option(
+    "--role",
+    default="all",
+    show_default=True,
+    type=click.Choice(ROLES),
+    help="all: API and worker; api: serve the API, run no requests; worker: run requests, "
+    "serve only /healthz. api and worker need a PostgreSQL --database.",
+)
+@click.option(
+    "--backend",
+    default="local",
+    show_default=True,
+    type=click.Choice(["local", "anthropic", "openai", "fake"]),
+    help="Backend that serves every model (ignored with --config).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML file routing model names/patterns to backends (see README).",
+)
+@click.option(
+    "--fake-latency-ms",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Latency the fake backend adds to each request.",
+)
+@click.option("--upstream-url", default=None, help="Base URL of the upstream for --backend anthropic|openai.")
+@click.option("--upstream-api-key", default=None, help="Key for the upstream (also OVERNIGHT_UPSTREAM_API_KEY).")
 @click.option("--upstream-model", default=None, help="Model name sent upstream instead of the request's.")
-@click.option("--upstream-max-concurrency", default=None, type=click.IntRange(min=1),
-              help="Most calls at once to the upstream (lowered automatically on 429s).")
-@click.option("--model-path", default=None, type=click.Path(path_type=Path, dir_okay=False),
-              help="GGUF file for --backend local (default: SmolLM2-135M-Instruct, shipped on PyPI).")
-@click.option("--local-instances", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Copies of the local model, each running one request at a time.")
-@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Requests run at once across all backends.")
-@click.option("--api-key", "api_keys", multiple=True, metavar="KEY[:WORKSPACE]",
-              help="Accepted API key and its workspace (repeatable; also OVERNIGHT_API_KEYS, "
-                   "comma-separated). With none, any key is accepted.")
-@click.option("--max-body-bytes", default=256 * 1024 * 1024, show_default=True, type=click.IntRange(min=1),
-              help="Largest create-batch body.")
-@click.option("--body-read-timeout", "body_read_timeout_seconds", default=30.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True),
-              help="Seconds a request body may send nothing before it is answered 408.")
-@click.option("--max-head-bytes", default=64 * 1024, show_default=True, type=click.IntRange(min=1024),
-              help="Largest request line plus headers (431 beyond).")
-@click.option("--head-timeout", "head_timeout_seconds", default=10.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True),
-              help="Seconds for a request line and headers to arrive (408 beyond; an idle new connection is closed).")
-@click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(min=1),
-              help="Open client connections; one more is answered 503 and closed.")
-@click.option("--max-in-flight-requests", default=256, show_default=True, type=click.IntRange(min=1),
-              help="API requests handled at once; beyond, 529 overloaded_error with retry-after.")
-@click.option("--max-beta-features", default=32, show_default=True, type=click.IntRange(min=0),
-              help="anthropic-beta features one call may name (400 beyond).")
-@click.option("--max-requests", default=100_000, show_default=True, type=click.IntRange(min=1),
-              help="Most requests in one batch.")
-@click.option("--openai-max-file-bytes", default=200 * 1024 * 1024, show_default=True, type=click.IntRange(min=1),
-              help="Largest OpenAI batch input file (POST /v1/files).")
-@click.option("--openai-max-file-lines", default=50_000, show_default=True, type=click.IntRange(min=1),
-              help="Most requests in one OpenAI batch input file.")
-@click.option("--batch-ttl", "batch_ttl_seconds", default=86_400.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), help="Seconds until a batch expires.")
-@click.option("--results-retention", "results_retention_seconds", default=29 * 86_400.0,
-              show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Seconds after creation until results are archived.")
+@click.option(
+    "--upstream-max-concurrency",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Most calls at once to the upstream (lowered automatically on 429s).",
+)
+@click.option(
+    "--model-path",
+    default=None,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="GGUF file for --backend local (default: SmolLM2-135M-Instruct, shipped on PyPI).",
+)
+@click.option(
+    "--local-instances",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Copies of the local model, each running one request at a time.",
+)
+@click.option(
+    "--concurrency",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Requests run at once across all backends.",
+)
+@click.option(
+    "--api-key",
+    "api_keys",
+    multiple=True,
+    metavar="KEY[:WORKSPACE]",
+    help="Accepted API key and its workspace (repeatable; also OVERNIGHT_API_KEYS, "
+    "comma-separated). With none, any key is accepted.",
+)
+@click.option(
+    "--max-body-bytes",
+    default=256 * 1024 * 1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest create-batch body.",
+)
+@click.option(
+    "--body-read-timeout",
+    "body_read_timeout_seconds",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a request body may send nothing before it is answered 408.",
+)
+@click.option(
+    "--max-head-bytes",
+    default=64 * 1024,
+    show_default=True,
+    type=click.IntRange(min=1024),
+    help="Largest request line plus headers (431 beyond).",
+)
+@click.option(
+    "--head-timeout",
+    "head_timeout_seconds",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds for a request line and headers to arrive (408 beyond; an idle new connection is closed).",
+)
+@click.option(
+    "--max-connections",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Open client connections; one more is answered 503 and closed.",
+)
+@click.option(
+    "--max-in-flight-requests",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="API requests handled at once; beyond, 529 overloaded_error with retry-after.",
+)
+@click.option(
+    "--max-beta-features",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="anthropic-beta features one call may name (400 beyond).",
+)
+@click.option(
+    "--max-requests", default=100_000, show_default=True, type=click.IntRange(min=1), help="Most requests in one batch."
+)
+@click.option(
+    "--openai-max-file-bytes",
+    default=200 * 1024 * 1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest OpenAI batch input file (POST /v1/files).",
+)
+@click.option(
+    "--openai-max-file-lines",
+    default=50_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most requests in one OpenAI batch input file.",
+)
+@click.option(
+    "--batch-ttl",
+    "batch_ttl_seconds",
+    default=86_400.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds until a batch expires.",
+)
+@click.option(
+    "--results-retention",
+    "results_retention_seconds",
+    default=29 * 86_400.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds after creation until results are archived.",
+)
 @click.option("--public-url", default=None, help="Base URL for results_url (default: as the request came in).")
-@click.option("--max-attempts", default=5, show_default=True, type=click.IntRange(min=1),
-              help="Backend calls per request on retryable errors (429/529/5xx/timeouts) before it errors.")
-@click.option("--retry-base-delay", "retry_base_delay_seconds", default=0.5, show_default=True,
-              type=click.FloatRange(min=0), help="First retry's backoff ceiling in seconds (doubles per retry).")
-@click.option("--lease-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="How long a worker's claim on a request lasts without renewal.")
-@click.option("--sweep-interval", "sweep_interval_seconds", default=1.0, show_default=True,
-              type=click.FloatRange(min=0.01), help="Seconds between expiry/archival/lease sweeps.")
-@click.option("--rate-limit-rpm", "rate_limit_per_minute", default=0, show_default=True,
-              type=click.IntRange(min=0), help="Batch-endpoint calls per workspace per minute (0: off).")
-@click.option("--max-queued-requests", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Unfinished requests per workspace before create answers 429 (0: off).")
-@click.option("--webhook-url", default=None,
-              help="POST a signed event here when a batch of the default workspace ends (see README).")
-@click.option("--webhook-secret", default=None, envvar=WEBHOOK_SECRET_ENV, show_envvar=True,
-              help="Standard Webhooks secret (whsec_ + base64) that signs --webhook-url's events.")
-@click.option("--webhook-timeout", "webhook_timeout_seconds", default=10.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), help="Seconds a webhook receiver has to answer.")
-@click.option("--webhook-retry-base", "webhook_retry_base_seconds", default=5.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), help="First webhook retry's delay (doubles per retry).")
-@click.option("--webhook-retry-max", "webhook_retry_max_seconds", default=3600.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), help="Longest delay between webhook retries.")
-@click.option("--webhook-retry-window", "webhook_retry_window_seconds", default=86_400.0, show_default=True,
-              type=click.FloatRange(min=0), help="Seconds after a batch ends that its webhook is retried.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--max-attempts",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Backend calls per request on retryable errors (429/529/5xx/timeouts) before it errors.",
+)
+@click.option(
+    "--retry-base-delay",
+    "retry_base_delay_seconds",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="First retry's backoff ceiling in seconds (doubles per retry).",
+)
+@click.option(
+    "--lease-seconds",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="How long a worker's claim on a request lasts without renewal.",
+)
+@click.option(
+    "--sweep-interval",
+    "sweep_interval_seconds",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between expiry/archival/lease sweeps.",
+)
+@click.option(
+    "--rate-limit-rpm",
+    "rate_limit_per_minute",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Batch-endpoint calls per workspace per minute (0: off).",
+)
+@click.option(
+    "--max-queued-requests",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Unfinished requests per workspace before create answers 429 (0: off).",
+)
+@click.option(
+    "--webhook-url",
+    default=None,
+    help="POST a signed event here when a batch of the default workspace ends (see README).",
+)
+@click.option(
+    "--webhook-secret",
+    default=None,
+    envvar=WEBHOOK_SECRET_ENV,
+    show_envvar=True,
+    help="Standard Webhooks secret (whsec_ + base64) that signs --webhook-url's events.",
+)
+@click.option(
+    "--webhook-timeout",
+    "webhook_timeout_seconds",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a webhook receiver has to answer.",
+)
+@click.option(
+    "--webhook-retry-base",
+    "webhook_retry_base_seconds",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="First webhook retry's delay (doubles per retry).",
+)
+@click.option(
+    "--webhook-retry-max",
+    "webhook_retry_max_seconds",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Longest delay between webhook retries.",
+)
+@click.option(
+    "--webhook-retry-window",
+    "webhook_retry_window_seconds",
+    default=86_400.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds after a batch ends that its webhook is retried.",
+)
+@click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
 def serve(
     log_level: str,
     api_keys: tuple[str, ...],
@@ -234,8 +411,9 @@ def serve(
             raise click.ClickException(f"cannot start the backends: {exc.message}") from None
         where = "PostgreSQL" if shared else settings.data_dir.resolve()
         # The port bound, not the one asked for: with --port 0 this line is how a caller learns it.
-        logger.info("overnight %s node serving on http://%s:%d (data in %s)", settings.role, settings.host,
-                    settings.port, where)
+        logger.info(
+            "overnight %s node serving on http://%s:%d (data in %s)", settings.role, settings.host, settings.port, where
+        )
         await server.serve(sockets=[listening])
 
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the handler that

@@ -72,4 +72,3 @@ class OverloadedError(OvernightError):
     status_code = 529
     error_type = "overloaded_error"
     retryable = True
-

@@ -120,8 +120,7 @@ class BatchService:
         record = await self._get(workspace, batch_id)
         if record.status != ENDED or not await self.store.delete_batch(record.seq):
             raise InvalidRequestError(
-                f"Batch {batch_id} is still {record.status}; it can be deleted once it has ended "
-                "(cancel it first)"
+                f"Batch {batch_id} is still {record.status}; it can be deleted once it has ended (cancel it first)"
             )
         return deleted_object(batch_id)
 
@@ -142,8 +141,12 @@ class BatchService:
     async def workspace_usage(self, workspace: str) -> dict[str, Any]:
         """The tokens used by every batch the workspace has stored."""
         batch_count, usage = await self.store.workspace_usage(workspace)
-        return {"type": "workspace_usage", "workspace": workspace, "batches": batch_count,
-                **msgspec.structs.asdict(usage)}
+        return {
+            "type": "workspace_usage",
+            "workspace": workspace,
+            "batches": batch_count,
+            **msgspec.structs.asdict(usage),
+        }
 
     async def _get(self, workspace: str, batch_id: str) -> BatchRecord:
         record = await self.store.get_batch(workspace, batch_id)

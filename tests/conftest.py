@@ -92,8 +92,9 @@ class _RequestIdAudit:
     def check(self, response: Any) -> None:
         value = response.headers.get("request-id")
         if value is None or not _REQUEST_ID.match(value):
-            self.missing.append(f"{response.request.method} {response.request.url} -> "
-                                f"{response.status_code} request-id={value!r}")
+            self.missing.append(
+                f"{response.request.method} {response.request.url} -> {response.status_code} request-id={value!r}"
+            )
 
     async def acheck(self, response: Any) -> None:
         self.check(response)
@@ -174,14 +175,19 @@ def make_raw(request_id_audit: _RequestIdAudit) -> Iterator[Callable[..., httpx.
     """Plain httpx clients sending what the older SDKs send (x-api-key, anthropic-version 2023-06-01)."""
     made: list[httpx.Client] = []
 
-    def make(proc: ServerProcess, api_key: str | None = TEST_API_KEY, headers: dict[str, str] | None = None
-             ) -> httpx.Client:
+    def make(
+        proc: ServerProcess, api_key: str | None = TEST_API_KEY, headers: dict[str, str] | None = None
+    ) -> httpx.Client:
         base_headers = {"anthropic-version": "2023-06-01"}
         if api_key is not None:
             base_headers["x-api-key"] = api_key
         base_headers.update(headers or {})
-        http = httpx.Client(base_url=proc.base_url, headers=base_headers, timeout=30.0,
-                            event_hooks={"response": [request_id_audit.check]})
+        http = httpx.Client(
+            base_url=proc.base_url,
+            headers=base_headers,
+            timeout=30.0,
+            event_hooks={"response": [request_id_audit.check]},
+        )
         made.append(http)
         return http
 

@@ -80,10 +80,16 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "overnight", "serve",
-            "--host", "127.0.0.1",
-            "--port", str(self._asked_port),
-            "--data-dir", str(self.data_dir),
+            sys.executable,
+            "-m",
+            "overnight",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self._asked_port),
+            "--data-dir",
+            str(self.data_dir),
             *(["--backend", self.backend] if self.backend is not None else []),  # None: the server's default
             *self.database_args,
             *self.args,

@@ -20,8 +20,17 @@ from overnight.protocol.results import Message
 ANTHROPIC_VERSION = "2023-06-01"
 # What the upstream's count_tokens takes: the prompt, not the sampling options.
 _COUNT_TOKENS_KEYS = {
-    "model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
-    "context_management", "output_config", "output_format", "cache_control",
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "mcp_servers",
+    "context_management",
+    "output_config",
+    "output_format",
+    "cache_control",
 }
 
 

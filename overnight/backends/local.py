@@ -300,8 +300,9 @@ class _Instance:
 
         # A BOS only where the model asks for one: the template then places it itself (as `bos_token`).
         bos = token_text(llm.token_bos()) if llama_cpp.llama_vocab_get_add_bos(self._vocab) else ""
-        return ChatTemplate(llm.metadata.get("tokenizer.chat_template"), bos_token=bos,
-                            eos_token=token_text(llm.token_eos()))
+        return ChatTemplate(
+            llm.metadata.get("tokenizer.chat_template"), bos_token=bos, eos_token=token_text(llm.token_eos())
+        )
 
     def tokenize(self, prompt: ChatPrompt) -> list[int]:
         llm = self._llm

@@ -110,9 +110,7 @@ class UpstreamClient:
             await session.close()
 
 
-def error_for_response(
-    status: int, headers: Mapping[str, str], content: bytes, *, upstream: str
-) -> OvernightError:
+def error_for_response(status: int, headers: Mapping[str, str], content: bytes, *, upstream: str) -> OvernightError:
     """The typed error for a non-2xx upstream answer, carrying the upstream's own message."""
     detail = upstream_error_message(content)
     message = detail or f"{upstream} answered HTTP {status}"

@@ -127,8 +127,7 @@ class Scheduler:
             asyncio.create_task(self.sweeper.run(), name="overnight-sweeper"),
         ]
         self._workers = [
-            asyncio.create_task(self._work_loop(), name=f"overnight-worker-{n}")
-            for n in range(self.concurrency)
+            asyncio.create_task(self._work_loop(), name=f"overnight-worker-{n}") for n in range(self.concurrency)
         ]
 
     async def stop(self) -> None:
@@ -306,8 +305,10 @@ class Scheduler:
         if item.attempt > self.max_lease_attempts:
             return self._errored(
                 item,
-                ApiError(f"Request abandoned after {self.max_lease_attempts} attempts: "
-                         "the worker running it stopped each time"),
+                ApiError(
+                    f"Request abandoned after {self.max_lease_attempts} attempts: "
+                    "the worker running it stopped each time"
+                ),
                 codec=codec,
             )
         backend: Backend | None = None
@@ -326,8 +327,13 @@ class Scheduler:
             return self._errored(item, ApiError("Internal error while running this request"), backend, codec)
         assert backend is not None
         return Completion(
-            item.id, item.batch_seq, item.attempt, SUCCEEDED, codec.succeeded_line(item.custom_id, message, params),
-            _usage_of(message), backend.name,
+            item.id,
+            item.batch_seq,
+            item.attempt,
+            SUCCEEDED,
+            codec.succeeded_line(item.custom_id, message, params),
+            _usage_of(message),
+            backend.name,
         )
 
     @staticmethod

@@ -160,9 +160,7 @@ class ToolChoiceNone(_Strict):
     type: Literal["none"]
 
 
-ToolChoice = Annotated[
-    ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone, Field(discriminator="type")
-]
+ToolChoice = Annotated[ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone, Field(discriminator="type")]
 
 
 class ThinkingEnabled(_Strict):
@@ -254,10 +252,31 @@ _HEADER_KEYS = {*_HEADER_FIELDS, "anthropic-beta", "anthropic-user-profile-id", 
 
 
 _BLOCK_TYPES = {
-    "text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking",
-    "search_result", "server_tool_use", "web_search_tool_result", "web_fetch_tool_result",
-    "code_execution_tool_result", "container_upload", "mcp_tool_use", "mcp_tool_result",
-    "base64", "url", "file", "auto", "any", "tool", "none", "enabled", "disabled", "adaptive",
+    "text",
+    "image",
+    "document",
+    "tool_use",
+    "tool_result",
+    "thinking",
+    "redacted_thinking",
+    "search_result",
+    "server_tool_use",
+    "web_search_tool_result",
+    "web_fetch_tool_result",
+    "code_execution_tool_result",
+    "container_upload",
+    "mcp_tool_use",
+    "mcp_tool_result",
+    "base64",
+    "url",
+    "file",
+    "auto",
+    "any",
+    "tool",
+    "none",
+    "enabled",
+    "disabled",
+    "adaptive",
 }
 
 

@@ -73,6 +73,5 @@ def succeeded_line(custom_id: str, result_message: Message) -> bytes:
 def errored_line(custom_id: str, error_type: str, error_message: str) -> bytes:
     """One JSONL line for an errored request: a whole error envelope nested in the result."""
     assert error_type in RESULT_ERROR_TYPES, error_type
-    error = {"type": "error", "error": {"type": error_type, "message": error_message},
-             "request_id": ids.request_id()}
+    error = {"type": "error", "error": {"type": error_type, "message": error_message}, "request_id": ids.request_id()}
     return _encode({"custom_id": custom_id, "result": {"type": "errored", "error": error}}) + b"\n"

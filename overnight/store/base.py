@@ -429,9 +429,7 @@ class Store:
         return max(0, unfinished_requests - leased_requests), leased_requests
 
     @writes
-    def lease_requests(
-        self, quotas: Sequence[tuple[int, int]], *, owner: str, lease_until: int
-    ) -> list[LeasedRequest]:
+    def lease_requests(self, quotas: Sequence[tuple[int, int]], *, owner: str, lease_until: int) -> list[LeasedRequest]:
         """Lease up to n pending requests from each (batch, n), oldest first, in one transaction.
 
         Only requests of in-progress batches are leased, and never one another lessee holds; each

@@ -53,9 +53,7 @@ _ROWS_PER_STATEMENT = 500
 def _complete_sql(rows: int) -> str:
     """The compare-and-set of `rows` outcomes, with PostgreSQL's own `$n` placeholders (for a
     RawCursor: psycopg then sends the text as it is, with no per-call parsing of a long query)."""
-    values = ",".join(
-        f"(${3 * n + 3}::bigint, ${3 * n + 4}::bytea, ${3 * n + 5}::int)" for n in range(rows)
-    )
+    values = ",".join(f"(${3 * n + 3}::bigint, ${3 * n + 4}::bytea, ${3 * n + 5}::int)" for n in range(rows))
     return (
         "UPDATE requests SET state = $1, result = done.line, lease_owner = NULL, lease_expires_at = NULL "
         f"FROM (VALUES {values}) AS done(id, line, attempt) "
@@ -152,9 +150,7 @@ class PostgresStore(Store):
         return first_id, last_id
 
     @writes
-    def lease_requests(
-        self, quotas: Sequence[tuple[int, int]], *, owner: str, lease_until: int
-    ) -> list[LeasedRequest]:
+    def lease_requests(self, quotas: Sequence[tuple[int, int]], *, owner: str, lease_until: int) -> list[LeasedRequest]:
         leased: list[LeasedRequest] = []
         with self.engine.begin() as conn:
             cursor = self._driver_cursor(conn)

@@ -28,10 +28,11 @@ _INSERT_STATEMENT_ROWS = (4000, 1000, 250, 60, 15, 4, 1)
 @functools.cache
 def _insert_sql(rows: int) -> str:
     # The batch's seq is the first parameter, used by every row (`?1`), so batches share statements.
-    return (
-        "INSERT INTO requests (batch_seq, custom_id, params, state, attempt) VALUES "
-        + ",".join(["(?1, ?, ?, 'pending', 0)"] * rows)
+    return "INSERT INTO requests (batch_seq, custom_id, params, state, attempt) VALUES " + ",".join(
+        ["(?1, ?, ?, 'pending', 0)"] * rows
     )
+
+
 # Enough for the writer, the readers and the checkpointer threads the store runs.
 _POOL_SIZE = 8
 # The next n pending requests of an in-progress batch, in id order, as one value: records separated by
@@ -100,9 +101,7 @@ class SQLiteStore(Store):
         return first_id, cursor.fetchone()[0]
 
     @writes
-    def lease_requests(
-        self, quotas: Sequence[tuple[int, int]], *, owner: str, lease_until: int
-    ) -> list[LeasedRequest]:
+    def lease_requests(self, quotas: Sequence[tuple[int, int]], *, owner: str, lease_until: int) -> list[LeasedRequest]:
         leased: list[LeasedRequest] = []
         with self.engine.begin() as conn:
             self._begin_write(conn)  # the read below and the update after it see the same rows

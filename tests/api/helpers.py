@@ -22,8 +22,16 @@ MESSAGE_ID_RE = re.compile(r"^msg_[0-9A-Za-z]+$")
 TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 
 BATCH_KEYS = {
-    "id", "type", "processing_status", "request_counts", "created_at", "expires_at",
-    "ended_at", "cancel_initiated_at", "archived_at", "results_url",
+    "id",
+    "type",
+    "processing_status",
+    "request_counts",
+    "created_at",
+    "expires_at",
+    "ended_at",
+    "cancel_initiated_at",
+    "archived_at",
+    "results_url",
 }
 COUNT_KEYS = {"processing", "succeeded", "errored", "canceled", "expired"}
 ERROR_BODY_KEYS = {"type", "error", "request_id"}
@@ -47,8 +55,9 @@ def request(custom_id: str, text: str = "hello world", **params: Any) -> dict[st
 
 def make_requests(n: int, prefix: str = "req", text: str | None = None, **params: Any) -> list[dict[str, Any]]:
     """`n` valid requests `prefix-0..n-1`; the text defaults to one that names the request."""
-    return [request(f"{prefix}-{i}", text if text is not None else f"echo {prefix} number {i}", **params)
-            for i in range(n)]
+    return [
+        request(f"{prefix}-{i}", text if text is not None else f"echo {prefix} number {i}", **params) for i in range(n)
+    ]
 
 
 def expected_text(req: dict[str, Any]) -> str:

@@ -30,8 +30,9 @@ RETENTION_S = 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("archive"),
-                        ["--results-retention", str(RETENTION_S), "--sweep-interval", "0.2"])
+    proc = start_server(
+        tmp_path_factory.mktemp("archive"), ["--results-retention", str(RETENTION_S), "--sweep-interval", "0.2"]
+    )
     yield proc
     proc.terminate_quietly()
 

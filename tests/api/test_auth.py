@@ -19,9 +19,17 @@ UNKNOWN_ID = "msgbatch_000000000000000000000000"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("auth"), [
-        "--api-key", f"{ALPHA}:ws-alpha", "--api-key", f"{BETA}:ws-beta", "--api-key", SOLO,
-    ])
+    proc = start_server(
+        tmp_path_factory.mktemp("auth"),
+        [
+            "--api-key",
+            f"{ALPHA}:ws-alpha",
+            "--api-key",
+            f"{BETA}:ws-beta",
+            "--api-key",
+            SOLO,
+        ],
+    )
     yield proc
     proc.terminate_quietly()
 
@@ -58,18 +66,25 @@ def _endpoints(batch_id: str) -> list[tuple[str, str]]:
     ]
 
 
-def test_missing_key_is_401_everywhere(make_raw: Callable[..., httpx.Client], server: ServerProcess,
-                                       alpha_batch: str) -> None:
+def test_missing_key_is_401_everywhere(
+    make_raw: Callable[..., httpx.Client], server: ServerProcess, alpha_batch: str
+) -> None:
     http = make_raw(server, api_key=None)
     for method, path in _endpoints(alpha_batch):
         kwargs = {"json": {"requests": make_requests(1)}} if (method, path) == ("POST", BATCHES) else {}
         assert_error(http.request(method, path, **kwargs), 401, "authentication_error")
 
 
-def test_unknown_key_is_401_everywhere(make_raw: Callable[..., httpx.Client], server: ServerProcess,
-                                       alpha_batch: str) -> None:
-    for headers in ({"x-api-key": "k-nope"}, {"authorization": "Bearer k-nope"}, {"authorization": f"Basic {ALPHA}"},
-                    {"authorization": "Bearer"}, {"x-api-key": ""}):
+def test_unknown_key_is_401_everywhere(
+    make_raw: Callable[..., httpx.Client], server: ServerProcess, alpha_batch: str
+) -> None:
+    for headers in (
+        {"x-api-key": "k-nope"},
+        {"authorization": "Bearer k-nope"},
+        {"authorization": f"Basic {ALPHA}"},
+        {"authorization": "Bearer"},
+        {"x-api-key": ""},
+    ):
         http = make_raw(server, api_key=None, headers=headers)
         for method, path in _endpoints(alpha_batch):
             kwargs = {"json": {"requests": make_requests(1)}} if (method, path) == ("POST", BATCHES) else {}
@@ -85,8 +100,9 @@ def test_sdk_unknown_key(server: ServerProcess, make_client: Callable[..., anthr
         client.messages.batches.create(requests=make_requests(1))  # type: ignore[arg-type]
 
 
-def test_x_api_key_and_bearer_both_accepted(make_raw: Callable[..., httpx.Client], server: ServerProcess,
-                                            alpha: anthropic.Anthropic) -> None:
+def test_x_api_key_and_bearer_both_accepted(
+    make_raw: Callable[..., httpx.Client], server: ServerProcess, alpha: anthropic.Anthropic
+) -> None:
     by_header = make_raw(server, api_key=ALPHA)
     created = by_header.post(BATCHES, json={"requests": make_requests(1, prefix="xkey")})
     assert created.status_code == 200, created.text
@@ -99,8 +115,9 @@ def test_x_api_key_and_bearer_both_accepted(make_raw: Callable[..., httpx.Client
     assert alpha.messages.batches.retrieve(batch_id).id == batch_id
 
 
-def test_workspace_header_must_match(alpha: anthropic.Anthropic, alpha_batch: str,
-                                     make_raw: Callable[..., httpx.Client], server: ServerProcess) -> None:
+def test_workspace_header_must_match(
+    alpha: anthropic.Anthropic, alpha_batch: str, make_raw: Callable[..., httpx.Client], server: ServerProcess
+) -> None:
     before = _all_ids(alpha)
     with pytest.raises(anthropic.PermissionDeniedError) as info:
         alpha.messages.batches.create(requests=make_requests(1, prefix="ws"), workspace_id="ws-beta")  # type: ignore[arg-type]
@@ -121,8 +138,13 @@ def test_workspace_header_must_match(alpha: anthropic.Anthropic, alpha_batch: st
     assert made.id in _all_ids(alpha)
 
 
-def test_workspaces_are_isolated(alpha: anthropic.Anthropic, beta: anthropic.Anthropic, alpha_batch: str,
-                                 make_raw: Callable[..., httpx.Client], server: ServerProcess) -> None:
+def test_workspaces_are_isolated(
+    alpha: anthropic.Anthropic,
+    beta: anthropic.Anthropic,
+    alpha_batch: str,
+    make_raw: Callable[..., httpx.Client],
+    server: ServerProcess,
+) -> None:
     beta_batch = beta.messages.batches.create(requests=make_requests(1, prefix="beta"))  # type: ignore[arg-type]
     wait_for_end(beta, beta_batch.id, total=1)
 
@@ -147,8 +169,9 @@ def test_workspaces_are_isolated(alpha: anthropic.Anthropic, beta: anthropic.Ant
     assert len(list(alpha.messages.batches.results(alpha_batch))) == 2
 
 
-def test_key_without_workspace(server: ServerProcess, make_client: Callable[..., anthropic.Anthropic],
-                               alpha: anthropic.Anthropic) -> None:
+def test_key_without_workspace(
+    server: ServerProcess, make_client: Callable[..., anthropic.Anthropic], alpha: anthropic.Anthropic
+) -> None:
     solo = make_client(server, api_key=SOLO)
     batch = solo.messages.batches.create(requests=make_requests(1, prefix="solo"))  # type: ignore[arg-type]
     wait_for_end(solo, batch.id, total=1)
@@ -156,8 +179,9 @@ def test_key_without_workspace(server: ServerProcess, make_client: Callable[...,
     assert batch.id not in _all_ids(alpha)
 
 
-def test_keys_from_environment(server_factory: Callable[..., ServerProcess],
-                               make_client: Callable[..., anthropic.Anthropic]) -> None:
+def test_keys_from_environment(
+    server_factory: Callable[..., ServerProcess], make_client: Callable[..., anthropic.Anthropic]
+) -> None:
     proc = server_factory(env={"OVERNIGHT_API_KEYS": "envkey1:wsA,envkey2:wsB"})
     one = make_client(proc, api_key="envkey1")
     two = make_client(proc, api_key="envkey2")
@@ -169,9 +193,11 @@ def test_keys_from_environment(server_factory: Callable[..., ServerProcess],
         make_client(proc, api_key="test-key").messages.batches.list()
 
 
-def test_open_mode_accepts_any_key(server_factory: Callable[..., ServerProcess],
-                                   make_client: Callable[..., anthropic.Anthropic],
-                                   make_raw: Callable[..., httpx.Client]) -> None:
+def test_open_mode_accepts_any_key(
+    server_factory: Callable[..., ServerProcess],
+    make_client: Callable[..., anthropic.Anthropic],
+    make_raw: Callable[..., httpx.Client],
+) -> None:
     proc = server_factory()
     first = make_client(proc, api_key="whatever-1")
     second = make_client(proc, api_key="sk-ant-something-else")

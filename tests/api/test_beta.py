@@ -104,8 +104,11 @@ def test_repeated_beta_header_is_legal(server: ServerProcess) -> None:
         ("content-type", "application/json"),
     ]
     with httpx.Client(base_url=server.base_url, timeout=30) as http:
-        response = http.post(f"{BATCHES}?beta=true", headers=headers,
-                             content=json.dumps({"requests": make_requests(1, prefix="rep")}).encode())
+        response = http.post(
+            f"{BATCHES}?beta=true",
+            headers=headers,
+            content=json.dumps({"requests": make_requests(1, prefix="rep")}).encode(),
+        )
         assert response.status_code == 200, response.text
         assert response.headers["request-id"].startswith("req_")
         batch_id = response.json()["id"]
@@ -116,8 +119,10 @@ def test_repeated_beta_header_is_legal(server: ServerProcess) -> None:
 
 def test_beta_and_ga_see_the_same_batches(client: anthropic.Anthropic) -> None:
     ga = client.messages.batches.create(requests=make_requests(1, prefix="ga"))  # type: ignore[arg-type]
-    beta = client.beta.messages.batches.create(requests=make_requests(1, prefix="bt"),  # type: ignore[arg-type]
-                                               betas=[MESSAGE_BATCHES_BETA])
+    beta = client.beta.messages.batches.create(
+        requests=make_requests(1, prefix="bt"),  # type: ignore[arg-type]
+        betas=[MESSAGE_BATCHES_BETA],
+    )
     assert client.beta.messages.batches.retrieve(ga.id, betas=[MESSAGE_BATCHES_BETA]).id == ga.id
     assert client.messages.batches.retrieve(beta.id).id == beta.id
 

@@ -135,8 +135,9 @@ def test_cancel_right_after_create_cancels_pending_requests(sclient: anthropic.A
     assert ended.request_counts.canceled + ended.request_counts.succeeded == 12
 
 
-async def test_async_cancel(slow_server: ServerProcess, make_async_client: Callable[..., anthropic.AsyncAnthropic]
-                            ) -> None:
+async def test_async_cancel(
+    slow_server: ServerProcess, make_async_client: Callable[..., anthropic.AsyncAnthropic]
+) -> None:
     client = make_async_client(slow_server)
     batch = await client.messages.batches.create(requests=make_requests(12, prefix="acx"))  # type: ignore[arg-type]
     canceled = await client.messages.batches.cancel(batch.id)

@@ -99,17 +99,20 @@ def test_retrieve_raw_json_after_end_has_explicit_nulls(raw: httpx.Client, clien
 
 def test_create_accepts_old_sdk_headers(make_raw: Any, server: ServerProcess) -> None:
     """What the 0.x SDKs send: x-api-key, anthropic-version 2023-06-01, x-stainless-* telemetry."""
-    http = make_raw(server, headers={
-        "x-stainless-lang": "python",
-        "x-stainless-package-version": "0.40.0",
-        "x-stainless-os": "Linux",
-        "x-stainless-arch": "x64",
-        "x-stainless-runtime": "CPython",
-        "x-stainless-runtime-version": "3.11.9",
-        "x-stainless-retry-count": "0",
-        "x-stainless-timeout": "600",
-        "anthropic-user-profile-id": "profile-123",
-    })
+    http = make_raw(
+        server,
+        headers={
+            "x-stainless-lang": "python",
+            "x-stainless-package-version": "0.40.0",
+            "x-stainless-os": "Linux",
+            "x-stainless-arch": "x64",
+            "x-stainless-runtime": "CPython",
+            "x-stainless-runtime-version": "3.11.9",
+            "x-stainless-retry-count": "0",
+            "x-stainless-timeout": "600",
+            "anthropic-user-profile-id": "profile-123",
+        },
+    )
     response = http.post("/v1/messages/batches", json={"requests": make_requests(1, prefix="oldsdk")})
     assert response.status_code == 200, response.text
     assert_request_id(response)

@@ -61,7 +61,8 @@ def test_sdk_delete_returns_deleted_object(client: anthropic.Anthropic) -> None:
 
 
 def test_delete_in_progress_or_canceling_is_400_not_409(
-    slow_server: ServerProcess, make_client: Callable[..., anthropic.Anthropic],
+    slow_server: ServerProcess,
+    make_client: Callable[..., anthropic.Anthropic],
     make_raw: Callable[..., httpx.Client],
 ) -> None:
     client = make_client(slow_server)

@@ -50,13 +50,16 @@ def _json_body(value: Any) -> dict[str, Any]:
     return {"content": json.dumps(value).encode(), "headers": {"content-type": "application/json"}}
 
 
-@pytest.mark.parametrize("body", [
-    b"{\"requests\": [",
-    b"not json at all",
-    b"",
-    b"\xff\xfe\x00garbage",
-    b"{\"requests\": []} trailing",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"requests": [',
+        b"not json at all",
+        b"",
+        b"\xff\xfe\x00garbage",
+        b'{"requests": []} trailing',
+    ],
+)
 def test_malformed_json_is_400(raw: httpx.Client, body: bytes) -> None:
     _refused(raw, 400, "invalid_request_error", content=body, headers={"content-type": "application/json"})
 
@@ -91,19 +94,22 @@ def _with_bad_item_at(index: int, bad: Any, n: int = 9) -> dict[str, Any]:
     return {"requests": items}
 
 
-@pytest.mark.parametrize(("bad", "field"), [
-    ("just a string", None),
-    (17, None),
-    (None, None),
-    ([request("x")], None),
-    ({"params": request("x")["params"]}, "custom_id"),
-    ({"custom_id": "no-params"}, "params"),
-    ({"custom_id": "str-params", "params": "a string"}, "params"),
-    ({"custom_id": "list-params", "params": [1, 2]}, "params"),
-    ({"custom_id": "null-params", "params": None}, "params"),
-    ({"custom_id": 12345, "params": request("x")["params"]}, "custom_id"),
-    ({"custom_id": None, "params": request("x")["params"]}, "custom_id"),
-])
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ("just a string", None),
+        (17, None),
+        (None, None),
+        ([request("x")], None),
+        ({"params": request("x")["params"]}, "custom_id"),
+        ({"custom_id": "no-params"}, "params"),
+        ({"custom_id": "str-params", "params": "a string"}, "params"),
+        ({"custom_id": "list-params", "params": [1, 2]}, "params"),
+        ({"custom_id": "null-params", "params": None}, "params"),
+        ({"custom_id": 12345, "params": request("x")["params"]}, "custom_id"),
+        ({"custom_id": None, "params": request("x")["params"]}, "custom_id"),
+    ],
+)
 def test_bad_item_is_400_naming_index_and_field(raw: httpx.Client, bad: Any, field: str | None) -> None:
     message = _refused(raw, 400, "invalid_request_error", **_json_body(_with_bad_item_at(7, bad)))
     assert "7" in message, f"message does not name index 7: {message!r}"
@@ -111,16 +117,19 @@ def test_bad_item_is_400_naming_index_and_field(raw: httpx.Client, bad: Any, fie
         assert field in message, f"message does not name {field!r}: {message!r}"
 
 
-@pytest.mark.parametrize("custom_id", [
-    "",
-    "has space",
-    "slash/inside",
-    "dot.inside",
-    "ümlaut",
-    "tab\there",
-    "x" * 65,
-    "emoji-☃",
-])
+@pytest.mark.parametrize(
+    "custom_id",
+    [
+        "",
+        "has space",
+        "slash/inside",
+        "dot.inside",
+        "ümlaut",
+        "tab\there",
+        "x" * 65,
+        "emoji-☃",
+    ],
+)
 def test_bad_custom_id_is_400(raw: httpx.Client, custom_id: str) -> None:
     body = _with_bad_item_at(4, request(custom_id), n=6)
     message = _refused(raw, 400, "invalid_request_error", **_json_body(body))
@@ -154,10 +163,12 @@ def test_duplicate_custom_id_via_sdk(client: anthropic.Anthropic) -> None:
 
 def test_params_are_not_validated_synchronously(client: anthropic.Anthropic) -> None:
     """Bad params inside a well-formed envelope are accepted now and become `errored` results later."""
-    batch = client.messages.batches.create(requests=[  # type: ignore[list-item]
-        {"custom_id": "no-max", "params": {"model": "m", "messages": [{"role": "user", "content": "x"}]}},
-        {"custom_id": "empty", "params": {}},
-    ])
+    batch = client.messages.batches.create(
+        requests=[  # type: ignore[list-item]
+            {"custom_id": "no-max", "params": {"model": "m", "messages": [{"role": "user", "content": "x"}]}},
+            {"custom_id": "empty", "params": {}},
+        ]
+    )
     assert batch.processing_status == "in_progress"
     assert batch.request_counts.processing == 2
     ended = wait_for_end(client, batch.id, total=2)
@@ -175,17 +186,20 @@ def test_unknown_batch_is_404(raw: httpx.Client, client: anthropic.Anthropic, ba
     assert_sdk_error(info.value, 404, "not_found_error")
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/"),
-    ("GET", "/v1"),
-    ("GET", "/v1/nothing-here"),
-    ("POST", "/v1/messages/batches/msgbatch_000000000000000000000000/resume"),
-    ("GET", "/v1/messages/batches/msgbatch_000000000000000000000000/results/extra"),
-    ("GET", "/v2/messages/batches"),
-    ("GET", "/v1/messages/batches/"),  # a trailing slash is another path, not a redirect
-    ("POST", "/v1/messages/batches/"),
-    ("GET", "/v1/models/"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/"),
+        ("GET", "/v1"),
+        ("GET", "/v1/nothing-here"),
+        ("POST", "/v1/messages/batches/msgbatch_000000000000000000000000/resume"),
+        ("GET", "/v1/messages/batches/msgbatch_000000000000000000000000/results/extra"),
+        ("GET", "/v2/messages/batches"),
+        ("GET", "/v1/messages/batches/"),  # a trailing slash is another path, not a redirect
+        ("POST", "/v1/messages/batches/"),
+        ("GET", "/v1/models/"),
+    ],
+)
 def test_unknown_path_is_404_json(raw: httpx.Client, method: str, path: str) -> None:
     assert_error(raw.request(method, path), 404, "not_found_error")
 
@@ -193,16 +207,19 @@ def test_unknown_path_is_404_json(raw: httpx.Client, method: str, path: str) -> 
 ONE_BATCH = f"{BATCHES}/msgbatch_000000000000000000000000"
 
 
-@pytest.mark.parametrize(("method", "path", "allowed"), [
-    ("PUT", BATCHES, "GET, HEAD, POST"),
-    ("DELETE", BATCHES, "GET, HEAD, POST"),
-    ("PATCH", BATCHES, "GET, HEAD, POST"),
-    ("PUT", ONE_BATCH, "DELETE, GET, HEAD"),
-    ("POST", ONE_BATCH, "DELETE, GET, HEAD"),
-    ("GET", f"{ONE_BATCH}/cancel", "POST"),
-    ("DELETE", f"{ONE_BATCH}/cancel", "POST"),
-    ("POST", f"{ONE_BATCH}/results", "GET, HEAD"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", BATCHES, "GET, HEAD, POST"),
+        ("DELETE", BATCHES, "GET, HEAD, POST"),
+        ("PATCH", BATCHES, "GET, HEAD, POST"),
+        ("PUT", ONE_BATCH, "DELETE, GET, HEAD"),
+        ("POST", ONE_BATCH, "DELETE, GET, HEAD"),
+        ("GET", f"{ONE_BATCH}/cancel", "POST"),
+        ("DELETE", f"{ONE_BATCH}/cancel", "POST"),
+        ("POST", f"{ONE_BATCH}/results", "GET, HEAD"),
+    ],
+)
 def test_wrong_method_is_405_with_allow(raw: httpx.Client, method: str, path: str, allowed: str) -> None:
     response = raw.request(method, path)
     assert_error(response, 405, "invalid_request_error")

@@ -28,9 +28,19 @@ TTL_S = 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("expiry"), [
-        "--batch-ttl", str(TTL_S), "--fake-latency-ms", "1000", "--concurrency", "1", "--sweep-interval", "0.2",
-    ])
+    proc = start_server(
+        tmp_path_factory.mktemp("expiry"),
+        [
+            "--batch-ttl",
+            str(TTL_S),
+            "--fake-latency-ms",
+            "1000",
+            "--concurrency",
+            "1",
+            "--sweep-interval",
+            "0.2",
+        ],
+    )
     yield proc
     proc.terminate_quietly()
 
@@ -87,8 +97,9 @@ def test_unfinished_requests_expire(client: anthropic.Anthropic, raw: httpx.Clie
         assert again.ended_at == ended.ended_at
         time.sleep(0.1)
     assert raw.get(ended.results_url).content.count(b"\n") == body.count(b"\n")
-    assert {line["custom_id"]: line["result"]["type"] for line in parse_jsonl(raw.get(ended.results_url).content)} \
-        == {cid: line["result"]["type"] for cid, line in lines.items()}
+    assert {line["custom_id"]: line["result"]["type"] for line in parse_jsonl(raw.get(ended.results_url).content)} == {
+        cid: line["result"]["type"] for cid, line in lines.items()
+    }
 
     with pytest.raises(anthropic.BadRequestError):
         client.messages.batches.cancel(batch_id)

@@ -21,8 +21,9 @@ BATCHES = "/v1/messages/batches"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("limits"),
-                        ["--max-body-bytes", str(MAX_BODY), "--max-requests", str(MAX_REQUESTS)])
+    proc = start_server(
+        tmp_path_factory.mktemp("limits"), ["--max-body-bytes", str(MAX_BODY), "--max-requests", str(MAX_REQUESTS)]
+    )
     yield proc
     proc.terminate_quietly()
 
@@ -57,7 +58,7 @@ def test_chunked_body_over_limit_is_413(raw: httpx.Client) -> None:
 
     def chunks() -> Iterator[bytes]:
         for start in range(0, len(body), 8192):
-            yield body[start:start + 8192]
+            yield body[start : start + 8192]
 
     response = raw.post(BATCHES, content=chunks(), headers={"content-type": "application/json"})
     assert "content-length" not in response.request.headers
@@ -101,7 +102,8 @@ def test_exactly_max_requests_is_accepted(client: anthropic.Anthropic) -> None:
 def test_server_still_serves_after_413(raw: httpx.Client) -> None:
     for _ in range(3):
         big = _encoded(_big_requests(2 * MAX_BODY))
-        assert_error(raw.post(BATCHES, content=big, headers={"content-type": "application/json"}),
-                     413, "request_too_large")
+        assert_error(
+            raw.post(BATCHES, content=big, headers={"content-type": "application/json"}), 413, "request_too_large"
+        )
         ok = raw.post(BATCHES, json={"requests": make_requests(1, prefix="ok")})
         assert ok.status_code == 200, ok.text

@@ -40,8 +40,9 @@ def fresh_key() -> str:
 
 
 @pytest.fixture
-def lclient(server: ServerProcess, make_client: Callable[..., anthropic.Anthropic],
-            fresh_key: str) -> anthropic.Anthropic:
+def lclient(
+    server: ServerProcess, make_client: Callable[..., anthropic.Anthropic], fresh_key: str
+) -> anthropic.Anthropic:
     return make_client(server, api_key=fresh_key)
 
 
@@ -52,8 +53,10 @@ def lraw(server: ServerProcess, make_raw: Callable[..., httpx.Client], fresh_key
 
 def create_batches(client: anthropic.Anthropic, n: int, prefix: str = "b") -> list[str]:
     """Create `n` one-request batches; ids oldest first."""
-    return [client.messages.batches.create(requests=make_requests(1, prefix=f"{prefix}{i}")).id  # type: ignore[arg-type]
-            for i in range(n)]
+    return [
+        client.messages.batches.create(requests=make_requests(1, prefix=f"{prefix}{i}")).id  # type: ignore[arg-type]
+        for i in range(n)
+    ]
 
 
 def page(http: httpx.Client, **params: Any) -> dict[str, Any]:
@@ -79,8 +82,9 @@ def ids(body: dict[str, Any]) -> list[str]:
 @pytest.fixture(scope="module")
 def ten(server: ServerProcess) -> list[str]:
     """Ten batches b0 (oldest) .. b9 (newest) in a workspace of their own."""
-    with anthropic.Anthropic(base_url=server.base_url, api_key=KEYS[0], max_retries=0,
-                             _strict_response_validation=True) as client:
+    with anthropic.Anthropic(
+        base_url=server.base_url, api_key=KEYS[0], max_retries=0, _strict_response_validation=True
+    ) as client:
         return create_batches(client, 10)
 
 
@@ -168,8 +172,9 @@ def test_both_cursors_mean_strictly_between(ten: list[str], ten_raw: httpx.Clien
     assert page(ten_raw, after_id=b[5], before_id=b[4]) == EMPTY_PAGE
 
 
-def test_sdk_auto_pagination_with_both_cursors(ten: list[str], server: ServerProcess,
-                                               make_client: Callable[..., anthropic.Anthropic]) -> None:
+def test_sdk_auto_pagination_with_both_cursors(
+    ten: list[str], server: ServerProcess, make_client: Callable[..., anthropic.Anthropic]
+) -> None:
     client = make_client(server, api_key=KEYS[0])
     b = ten
     got = [batch.id for batch in client.messages.batches.list(after_id=b[8], before_id=b[2], limit=2)]
@@ -206,8 +211,10 @@ async def test_async_auto_pagination_both_directions(
     server: ServerProcess, make_async_client: Callable[..., anthropic.AsyncAnthropic], fresh_key: str
 ) -> None:
     client = make_async_client(server, api_key=fresh_key)
-    created = [(await client.messages.batches.create(requests=make_requests(1, prefix=f"a{i}"))).id  # type: ignore[arg-type]
-               for i in range(20)]
+    created = [
+        (await client.messages.batches.create(requests=make_requests(1, prefix=f"a{i}"))).id  # type: ignore[arg-type]
+        for i in range(20)
+    ]
     forward = [batch.id async for batch in client.messages.batches.list(limit=6)]
     assert forward == created[::-1]
     backward = [batch.id async for batch in client.messages.batches.list(limit=6, before_id=created[0])]
@@ -222,8 +229,9 @@ def test_unknown_cursor_is_400(ten: list[str], ten_raw: httpx.Client, cursor: st
     assert_error(ten_raw.get("/v1/messages/batches", params={cursor: value}), 400, "invalid_request_error")
 
 
-def test_cursor_from_another_workspace_is_unknown(ten: list[str], lraw: httpx.Client,
-                                                  lclient: anthropic.Anthropic) -> None:
+def test_cursor_from_another_workspace_is_unknown(
+    ten: list[str], lraw: httpx.Client, lclient: anthropic.Anthropic
+) -> None:
     create_batches(lclient, 2)
     for cursor in ("after_id", "before_id"):
         assert_error(lraw.get("/v1/messages/batches", params={cursor: ten[3]}), 400, "invalid_request_error")

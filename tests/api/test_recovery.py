@@ -32,10 +32,13 @@ def _check_all_succeeded_once(client: anthropic.Anthropic, batch_id: str, reques
         assert result["message"]["content"][0]["text"] == expected_text(req)
 
 
-def test_sigkill_mid_batch_then_restart_recovers(tmp_path: Path, make_client: Callable[..., anthropic.Anthropic]
-                                                  ) -> None:
-    proc = ServerProcess(tmp_path / "data", ["--fake-latency-ms", "50", "--concurrency", "4",
-                                             "--lease-seconds", "2", "--sweep-interval", "0.2"])
+def test_sigkill_mid_batch_then_restart_recovers(
+    tmp_path: Path, make_client: Callable[..., anthropic.Anthropic]
+) -> None:
+    proc = ServerProcess(
+        tmp_path / "data",
+        ["--fake-latency-ms", "50", "--concurrency", "4", "--lease-seconds", "2", "--sweep-interval", "0.2"],
+    )
     try:
         proc.start()
         client = make_client(proc)
@@ -64,8 +67,9 @@ def test_sigkill_mid_batch_then_restart_recovers(tmp_path: Path, make_client: Ca
         proc.terminate_quietly()
 
 
-def test_sigterm_exits_cleanly(server_factory: Callable[..., ServerProcess],
-                               make_client: Callable[..., anthropic.Anthropic]) -> None:
+def test_sigterm_exits_cleanly(
+    server_factory: Callable[..., ServerProcess], make_client: Callable[..., anthropic.Anthropic]
+) -> None:
     proc = server_factory()
     client = make_client(proc)
     batch = client.messages.batches.create(requests=make_requests(3, prefix="term"))  # type: ignore[arg-type]
@@ -80,8 +84,10 @@ def test_sigterm_exits_cleanly(server_factory: Callable[..., ServerProcess],
 def test_sigterm_mid_batch_then_restart_finishes_every_request(
     tmp_path: Path, make_client: Callable[..., anthropic.Anthropic]
 ) -> None:
-    proc = ServerProcess(tmp_path / "data", ["--fake-latency-ms", "200", "--concurrency", "2",
-                                             "--lease-seconds", "2", "--sweep-interval", "0.2"])
+    proc = ServerProcess(
+        tmp_path / "data",
+        ["--fake-latency-ms", "200", "--concurrency", "2", "--lease-seconds", "2", "--sweep-interval", "0.2"],
+    )
     try:
         proc.start()
         client = make_client(proc)

@@ -29,102 +29,245 @@ from tests.server import ServerProcess
 
 # custom_id -> (request, expected text, stop_reason, stop_sequence, input_tokens, output_tokens)
 FAKE_CASES: dict[str, tuple[dict[str, Any], str, str, str | None, int, int]] = {
-    "plain": (request("plain", "hello there general kenobi", max_tokens=100),
-              "hello there general kenobi", "end_turn", None, 4, 4),
-    "system": (request("system", "one two", system="be very brief"),
-               "one two", "end_turn", None, 5, 2),
-    "system-blocks": (request("system-blocks", "x y", system=[{"type": "text", "text": "sys a"},
-                                                              {"type": "text", "text": "sys b c"}]),
-                      "x y", "end_turn", None, 7, 2),
-    "stop": (request("stop", "alpha beta STOP gamma", stop_sequences=["STOP"]),
-             "alpha beta ", "stop_sequence", "STOP", 4, 2),
-    "stop-earliest": (request("stop-earliest", "a b END c STOP d", stop_sequences=["STOP", "END"]),
-                      "a b ", "stop_sequence", "END", 6, 2),
-    "stop-before-max": (request("stop-before-max", "w1 w2 w3 HALT w4", stop_sequences=["HALT"], max_tokens=2),
-                        "w1 w2 w3 ", "stop_sequence", "HALT", 5, 3),
-    "stop-at-start": (request("stop-at-start", "HALT now", stop_sequences=["HALT"]),
-                      "", "stop_sequence", "HALT", 2, 1),
-    "stop-absent": (request("stop-absent", "nothing here", stop_sequences=["zzz"]),
-                    "nothing here", "end_turn", None, 2, 2),
+    "plain": (
+        request("plain", "hello there general kenobi", max_tokens=100),
+        "hello there general kenobi",
+        "end_turn",
+        None,
+        4,
+        4,
+    ),
+    "system": (request("system", "one two", system="be very brief"), "one two", "end_turn", None, 5, 2),
+    "system-blocks": (
+        request(
+            "system-blocks", "x y", system=[{"type": "text", "text": "sys a"}, {"type": "text", "text": "sys b c"}]
+        ),
+        "x y",
+        "end_turn",
+        None,
+        7,
+        2,
+    ),
+    "stop": (
+        request("stop", "alpha beta STOP gamma", stop_sequences=["STOP"]),
+        "alpha beta ",
+        "stop_sequence",
+        "STOP",
+        4,
+        2,
+    ),
+    "stop-earliest": (
+        request("stop-earliest", "a b END c STOP d", stop_sequences=["STOP", "END"]),
+        "a b ",
+        "stop_sequence",
+        "END",
+        6,
+        2,
+    ),
+    "stop-before-max": (
+        request("stop-before-max", "w1 w2 w3 HALT w4", stop_sequences=["HALT"], max_tokens=2),
+        "w1 w2 w3 ",
+        "stop_sequence",
+        "HALT",
+        5,
+        3,
+    ),
+    "stop-at-start": (request("stop-at-start", "HALT now", stop_sequences=["HALT"]), "", "stop_sequence", "HALT", 2, 1),
+    "stop-absent": (
+        request("stop-absent", "nothing here", stop_sequences=["zzz"]),
+        "nothing here",
+        "end_turn",
+        None,
+        2,
+        2,
+    ),
     "maxtok": (request("maxtok", "a b c d e f", max_tokens=3), "a b c", "max_tokens", None, 6, 3),
     "exact-max": (request("exact-max", "a b c", max_tokens=3), "a b c", "end_turn", None, 3, 3),
     "maxtok-one": (request("maxtok-one", "first second", max_tokens=1), "first", "max_tokens", None, 2, 1),
-    "blocks": (request("blocks", "ignored", messages=[{"role": "user", "content": [
-        {"type": "text", "text": "foo bar"}, {"type": "text", "text": "baz"}]}]),
-        "foo bar baz", "end_turn", None, 3, 3),
-    "multi-turn": (request("multi-turn", "ignored", messages=[
-        {"role": "user", "content": "first question here"},
-        {"role": "assistant", "content": "an answer"},
-        {"role": "user", "content": "second question"}]),
-        "second question", "end_turn", None, 7, 2),
-    "prefill": (request("prefill", "ignored", messages=[
-        {"role": "user", "content": "hi there"},
-        {"role": "assistant", "content": "prefill words"}]),
-        "hi there", "end_turn", None, 4, 2),
-    "whitespace": (request("whitespace", "  spaced   out\twords  "),
-                   "  spaced   out\twords  ", "end_turn", None, 3, 3),
-    "unicode": (request("unicode", "héllo wörld ☃ \"quoted\""), "héllo wörld ☃ \"quoted\"", "end_turn", None, 4, 4),
-    "model-echo": (request("model-echo", "any model works", model="definitely-not-a-real-model-7"),
-                   "any model works", "end_turn", None, 3, 3),
+    "blocks": (
+        request(
+            "blocks",
+            "ignored",
+            messages=[
+                {"role": "user", "content": [{"type": "text", "text": "foo bar"}, {"type": "text", "text": "baz"}]}
+            ],
+        ),
+        "foo bar baz",
+        "end_turn",
+        None,
+        3,
+        3,
+    ),
+    "multi-turn": (
+        request(
+            "multi-turn",
+            "ignored",
+            messages=[
+                {"role": "user", "content": "first question here"},
+                {"role": "assistant", "content": "an answer"},
+                {"role": "user", "content": "second question"},
+            ],
+        ),
+        "second question",
+        "end_turn",
+        None,
+        7,
+        2,
+    ),
+    "prefill": (
+        request(
+            "prefill",
+            "ignored",
+            messages=[{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "prefill words"}],
+        ),
+        "hi there",
+        "end_turn",
+        None,
+        4,
+        2,
+    ),
+    "whitespace": (request("whitespace", "  spaced   out\twords  "), "  spaced   out\twords  ", "end_turn", None, 3, 3),
+    "unicode": (request("unicode", 'héllo wörld ☃ "quoted"'), 'héllo wörld ☃ "quoted"', "end_turn", None, 4, 4),
+    "model-echo": (
+        request("model-echo", "any model works", model="definitely-not-a-real-model-7"),
+        "any model works",
+        "end_turn",
+        None,
+        3,
+        3,
+    ),
 }
 
 # custom_id -> (params, field the message must start with)
 INVALID_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "no-max-tokens": ({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
-    "zero-max-tokens": ({"model": MODEL, "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]},
-                        "max_tokens"),
-    "string-max-tokens": ({"model": MODEL, "max_tokens": "many", "messages": [{"role": "user", "content": "x"}]},
-                          "max_tokens"),
+    "zero-max-tokens": (
+        {"model": MODEL, "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]},
+        "max_tokens",
+    ),
+    "string-max-tokens": (
+        {"model": MODEL, "max_tokens": "many", "messages": [{"role": "user", "content": "x"}]},
+        "max_tokens",
+    ),
     "no-model": ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}, "model"),
     "no-messages": ({"model": MODEL, "max_tokens": 5}, "messages"),
     "empty-messages": ({"model": MODEL, "max_tokens": 5, "messages": []}, "messages"),
-    "bad-role": ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]},
-                 "messages.0.role"),
-    "second-bad-role": ({"model": MODEL, "max_tokens": 5, "messages": [
-        {"role": "user", "content": "x"}, {"role": "robot", "content": "y"}]}, "messages.1.role"),
+    "bad-role": (
+        {"model": MODEL, "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]},
+        "messages.0.role",
+    ),
+    "second-bad-role": (
+        {
+            "model": MODEL,
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}],
+        },
+        "messages.1.role",
+    ),
     "no-content": ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user"}]}, "messages.0.content"),
-    "hot": ({"model": MODEL, "max_tokens": 5, "temperature": 1.5, "messages": [{"role": "user", "content": "x"}]},
-            "temperature"),
-    "top-p": ({"model": MODEL, "max_tokens": 5, "top_p": 2, "messages": [{"role": "user", "content": "x"}]},
-              "top_p"),
-    "top-k": ({"model": MODEL, "max_tokens": 5, "top_k": -1, "messages": [{"role": "user", "content": "x"}]},
-              "top_k"),
-    "stream": ({"model": MODEL, "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]},
-               "stream"),
-    "unknown-key": ({"model": MODEL, "max_tokens": 5, "frobnicate": 1, "messages": [{"role": "user", "content": "x"}]},
-                    "frobnicate"),
-    "system-int": ({"model": MODEL, "max_tokens": 5, "system": 42, "messages": [{"role": "user", "content": "x"}]},
-                   "system"),
-    "bad-block": ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "bogus"}]}]},
-                  "messages.0.content"),
-    "thinking-budget": ({"model": MODEL, "max_tokens": 5, "thinking": {"type": "enabled", "budget_tokens": 10},
-                         "messages": [{"role": "user", "content": "x"}]}, "thinking"),
-    "tool-choice": ({"model": MODEL, "max_tokens": 5, "tool_choice": {"type": "sometimes"},
-                     "messages": [{"role": "user", "content": "x"}]}, "tool_choice"),
-    "tools-not-list": ({"model": MODEL, "max_tokens": 5, "tools": {"name": "t"},
-                        "messages": [{"role": "user", "content": "x"}]}, "tools"),
-    "metadata-extra": ({"model": MODEL, "max_tokens": 5, "metadata": {"user_id": "u", "secret": 1},
-                        "messages": [{"role": "user", "content": "x"}]}, "metadata"),
-    "stop-not-list": ({"model": MODEL, "max_tokens": 5, "stop_sequences": "STOP",
-                       "messages": [{"role": "user", "content": "x"}]}, "stop_sequences"),
+    "hot": (
+        {"model": MODEL, "max_tokens": 5, "temperature": 1.5, "messages": [{"role": "user", "content": "x"}]},
+        "temperature",
+    ),
+    "top-p": ({"model": MODEL, "max_tokens": 5, "top_p": 2, "messages": [{"role": "user", "content": "x"}]}, "top_p"),
+    "top-k": ({"model": MODEL, "max_tokens": 5, "top_k": -1, "messages": [{"role": "user", "content": "x"}]}, "top_k"),
+    "stream": (
+        {"model": MODEL, "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        "stream",
+    ),
+    "unknown-key": (
+        {"model": MODEL, "max_tokens": 5, "frobnicate": 1, "messages": [{"role": "user", "content": "x"}]},
+        "frobnicate",
+    ),
+    "system-int": (
+        {"model": MODEL, "max_tokens": 5, "system": 42, "messages": [{"role": "user", "content": "x"}]},
+        "system",
+    ),
+    "bad-block": (
+        {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "bogus"}]}]},
+        "messages.0.content",
+    ),
+    "thinking-budget": (
+        {
+            "model": MODEL,
+            "max_tokens": 5,
+            "thinking": {"type": "enabled", "budget_tokens": 10},
+            "messages": [{"role": "user", "content": "x"}],
+        },
+        "thinking",
+    ),
+    "tool-choice": (
+        {
+            "model": MODEL,
+            "max_tokens": 5,
+            "tool_choice": {"type": "sometimes"},
+            "messages": [{"role": "user", "content": "x"}],
+        },
+        "tool_choice",
+    ),
+    "tools-not-list": (
+        {"model": MODEL, "max_tokens": 5, "tools": {"name": "t"}, "messages": [{"role": "user", "content": "x"}]},
+        "tools",
+    ),
+    "metadata-extra": (
+        {
+            "model": MODEL,
+            "max_tokens": 5,
+            "metadata": {"user_id": "u", "secret": 1},
+            "messages": [{"role": "user", "content": "x"}],
+        },
+        "metadata",
+    ),
+    "stop-not-list": (
+        {"model": MODEL, "max_tokens": 5, "stop_sequences": "STOP", "messages": [{"role": "user", "content": "x"}]},
+        "stop_sequences",
+    ),
     # Types are strict, as the API's: a numeric string is not a number, 0 is not false.
-    "numeric-string-max-tokens": ({"model": MODEL, "max_tokens": "5", "messages": [{"role": "user", "content": "x"}]},
-                                  "max_tokens"),
-    "numeric-string-temperature": ({"model": MODEL, "max_tokens": 5, "temperature": "0.5",
-                                    "messages": [{"role": "user", "content": "x"}]}, "temperature"),
-    "bool-max-tokens": ({"model": MODEL, "max_tokens": True, "messages": [{"role": "user", "content": "x"}]},
-                        "max_tokens"),
-    "stream-zero": ({"model": MODEL, "max_tokens": 5, "stream": 0, "messages": [{"role": "user", "content": "x"}]},
-                    "stream"),
+    "numeric-string-max-tokens": (
+        {"model": MODEL, "max_tokens": "5", "messages": [{"role": "user", "content": "x"}]},
+        "max_tokens",
+    ),
+    "numeric-string-temperature": (
+        {"model": MODEL, "max_tokens": 5, "temperature": "0.5", "messages": [{"role": "user", "content": "x"}]},
+        "temperature",
+    ),
+    "bool-max-tokens": (
+        {"model": MODEL, "max_tokens": True, "messages": [{"role": "user", "content": "x"}]},
+        "max_tokens",
+    ),
+    "stream-zero": (
+        {"model": MODEL, "max_tokens": 5, "stream": 0, "messages": [{"role": "user", "content": "x"}]},
+        "stream",
+    ),
     # Rules between fields.
-    "budget-over-max-tokens": ({"model": MODEL, "max_tokens": 2000,
-                                "thinking": {"type": "enabled", "budget_tokens": 2000},
-                                "messages": [{"role": "user", "content": "x"}]}, "thinking.budget_tokens"),
-    "tool-choice-without-tools": ({"model": MODEL, "max_tokens": 5, "tool_choice": {"type": "any"},
-                                   "messages": [{"role": "user", "content": "x"}]}, "tool_choice"),
-    "tool-choice-unknown-tool": ({"model": MODEL, "max_tokens": 5, "tool_choice": {"type": "tool", "name": "b"},
-                                  "tools": [{"name": "a", "input_schema": {"type": "object"}}],
-                                  "messages": [{"role": "user", "content": "x"}]}, "tool_choice.name"),
+    "budget-over-max-tokens": (
+        {
+            "model": MODEL,
+            "max_tokens": 2000,
+            "thinking": {"type": "enabled", "budget_tokens": 2000},
+            "messages": [{"role": "user", "content": "x"}],
+        },
+        "thinking.budget_tokens",
+    ),
+    "tool-choice-without-tools": (
+        {
+            "model": MODEL,
+            "max_tokens": 5,
+            "tool_choice": {"type": "any"},
+            "messages": [{"role": "user", "content": "x"}],
+        },
+        "tool_choice",
+    ),
+    "tool-choice-unknown-tool": (
+        {
+            "model": MODEL,
+            "max_tokens": 5,
+            "tool_choice": {"type": "tool", "name": "b"},
+            "tools": [{"name": "a", "input_schema": {"type": "object"}}],
+            "messages": [{"role": "user", "content": "x"}],
+        },
+        "tool_choice.name",
+    ),
 }
 
 
@@ -233,14 +376,30 @@ def test_invalid_params_become_errored_results(client: anthropic.Anthropic, raw:
 
 def test_tolerated_and_rich_params_succeed(client: anthropic.Anthropic) -> None:
     requests = [
-        request("renamed-headers", "renamed ok", **{"anthropic-beta": ["some-beta-2025-01-01"],
-                                                    "anthropic-user-profile-id": "profile-1"}),
+        request(
+            "renamed-headers",
+            "renamed ok",
+            **{"anthropic-beta": ["some-beta-2025-01-01"], "anthropic-user-profile-id": "profile-1"},
+        ),
         request("plain-headers", "plain ok", betas=["some-beta-2025-01-01"], user_profile_id="profile-1"),
-        request("rich", "rich ok", temperature=0.5, top_p=0.9, top_k=5, metadata={"user_id": "u-1"},
-                stop_sequences=[], stream=False,
-                tools=[{"name": "get_weather", "description": "weather",
-                        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
-                tool_choice={"type": "auto"}),
+        request(
+            "rich",
+            "rich ok",
+            temperature=0.5,
+            top_p=0.9,
+            top_k=5,
+            metadata={"user_id": "u-1"},
+            stop_sequences=[],
+            stream=False,
+            tools=[
+                {
+                    "name": "get_weather",
+                    "description": "weather",
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+                }
+            ],
+            tool_choice={"type": "auto"},
+        ),
         request("boundaries", "bounds ok", temperature=1, top_p=0, top_k=0, max_tokens=1),
     ]
     batch_id = _submit_and_wait(client, requests)

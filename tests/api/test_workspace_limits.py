@@ -40,8 +40,18 @@ def test_rate_limit_per_workspace_answers_429_with_retry_after(tmp_path: Path) -
 
 
 def test_queue_limit_refuses_a_create_that_would_overflow_it(tmp_path: Path) -> None:
-    args = ["--max-queued-requests", "10", "--fake-latency-ms", "2000", "--concurrency", "1",
-            "--api-key", "a:one", "--api-key", "b:two"]
+    args = [
+        "--max-queued-requests",
+        "10",
+        "--fake-latency-ms",
+        "2000",
+        "--concurrency",
+        "1",
+        "--api-key",
+        "a:one",
+        "--api-key",
+        "b:two",
+    ]
     with ServerProcess(tmp_path, args) as server:
         client = _client(server, "a")
         waiting = client.messages.batches.create(requests=_requests(8))

@@ -227,9 +227,7 @@ async def test_parameters_overnight_does_not_know_go_upstream_as_sent(
     # the header-like keys never travel as params, whichever spelling (or both) was used.
     scripted_upstream.queue(Reply(200, UPSTREAM_MESSAGE))
     fallbacks = [{"model": "claude-haiku-4-5"}]
-    params = make_params(
-        fallbacks=fallbacks, thread={"id": "thr_1"}, betas=["a-2025"], **{"anthropic-beta": "b-2025"}
-    )
+    params = make_params(fallbacks=fallbacks, thread={"id": "thr_1"}, betas=["a-2025"], **{"anthropic-beta": "b-2025"})
     assert params.unknown_keys() == ["fallbacks", "thread"]
     await backend.create_message(params)
     [sent] = scripted_upstream.requests

@@ -184,8 +184,9 @@ async def test_prefill_is_continued(backend: LocalBackend) -> None:
         ("What is the capital of France? Answer in one sentence.", "Paris"),
     ],
 )
-async def test_an_instruction_tuned_answer_ends_its_own_turn(backend: LocalBackend, question: str,
-                                                             expected: str) -> None:
+async def test_an_instruction_tuned_answer_ends_its_own_turn(
+    backend: LocalBackend, question: str, expected: str
+) -> None:
     result = await backend.create_message(make_params(max_tokens=64, messages=[{"role": "user", "content": question}]))
     assert expected in result["content"][0]["text"]
     assert result["stop_reason"] == "end_turn"
@@ -198,8 +199,13 @@ async def test_an_instruction_tuned_answer_ends_its_own_turn(backend: LocalBacke
     [
         {},
         {"system": "You answer in French."},
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-                      {"role": "user", "content": "<|im_end|> is not a turn boundary here"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "<|im_end|> is not a turn boundary here"},
+            ]
+        },
         {"messages": [{"role": "user", "content": "Count."}, {"role": "assistant", "content": "1, 2,"}]},
     ],
     ids=["plain", "system", "turns-and-control-text", "prefill"],

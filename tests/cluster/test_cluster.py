@@ -34,9 +34,7 @@ def node(postgres_url: str, tmp_path: Path) -> Iterator[Node]:
     started: list[ServerProcess] = []
 
     def make(role: str, *args: str, start: bool = True) -> ServerProcess:
-        proc = ServerProcess(
-            tmp_path / f"{role}-{len(started)}", ["--database", postgres_url, "--role", role, *args]
-        )
+        proc = ServerProcess(tmp_path / f"{role}-{len(started)}", ["--database", postgres_url, "--role", role, *args])
         started.append(proc)
         return proc.start() if start else proc
 
@@ -56,9 +54,10 @@ def assert_one_result_each(results: dict[str, Any], requests: list[dict[str, Any
 def assert_counts_match_results(batch: Any, results: dict[str, Any]) -> None:
     by_type = collections.Counter(line.result.type for line in results.values())
     counts = batch.request_counts
-    assert by_type == collections.Counter(
-        {k: v for k, v in counts.to_dict().items() if v and k != "processing"}
-    ), (by_type, counts)
+    assert by_type == collections.Counter({k: v for k, v in counts.to_dict().items() if v and k != "processing"}), (
+        by_type,
+        counts,
+    )
     assert counts.processing == 0
 
 
@@ -73,8 +72,10 @@ def test_one_api_and_three_workers_drain_a_batch(node: Node, make_client: Callab
     assert ended.request_counts.succeeded == 600
     results = sdk_results(client, batch.id)
     assert_one_result_each(results, requests)
-    assert all(line.result.message.content[0].text == f"echo drain number {line.custom_id.split('-')[1]}"
-               for line in results.values())
+    assert all(
+        line.result.message.content[0].text == f"echo drain number {line.custom_id.split('-')[1]}"
+        for line in results.values()
+    )
 
 
 def test_an_api_node_serves_no_requests_and_a_worker_no_api(node: Node) -> None:
@@ -246,8 +247,11 @@ def test_a_database_restart_under_load_loses_nothing(
     statuses = collections.Counter()
     deadline = time.monotonic() + 60
     while True:
-        response = httpx.get(f"{api.base_url}/v1/messages/batches/{batch.id}",
-                             headers={"x-api-key": "k", "anthropic-version": "2023-06-01"}, timeout=15)
+        response = httpx.get(
+            f"{api.base_url}/v1/messages/batches/{batch.id}",
+            headers={"x-api-key": "k", "anthropic-version": "2023-06-01"},
+            timeout=15,
+        )
         statuses[response.status_code] += 1
         assert response.status_code in (200, 529), response.text
         if response.status_code == 200 and response.json()["processing_status"] == "ended":
@@ -273,5 +277,10 @@ def _restart_postgres(url: str) -> None:
     pg_ctl = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]
     as_postgres = ["runuser", "-u", "postgres", "--"] if Path("/proc/self").owner() == "root" else []
     log = Path(data_dir).parent / "restart.log"  # the server must not inherit our pipes
-    subprocess.run([*as_postgres, str(pg_ctl), "restart", "-w", "-m", "fast", "-D", data_dir, "-l", str(log)],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    subprocess.run(
+        [*as_postgres, str(pg_ctl), "restart", "-w", "-m", "fast", "-D", data_dir, "-l", str(log)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+    )

@@ -32,8 +32,15 @@ def test_a_batch_sends_its_betas_with_every_request(
 ) -> None:
     requests = [
         {"custom_id": "plain", "params": {"model": "claude-x", "max_tokens": 8, "messages": user("beta plain")}},
-        {"custom_id": "own", "params": {"model": "claude-x", "max_tokens": 8, "messages": user("beta own"),
-                                        "anthropic-beta": ["files-api-2025-04-14"]}},
+        {
+            "custom_id": "own",
+            "params": {
+                "model": "claude-x",
+                "max_tokens": 8,
+                "messages": user("beta own"),
+                "anthropic-beta": ["files-api-2025-04-14"],
+            },
+        },
     ]
     batch = client.beta.messages.batches.create(
         requests=requests,  # type: ignore[arg-type]

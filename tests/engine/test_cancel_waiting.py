@@ -28,8 +28,10 @@ def test_requests_waiting_for_a_backend_slot_are_canceled_unsent(tmp_path: Path)
     with ServerProcess(tmp_path / "data", ["--config", str(config), "--concurrency", "8"]) as server:
         client = anthropic.Anthropic(base_url=server.base_url, api_key="k", _strict_response_validation=True)
         requests = [
-            {"custom_id": f"r{i}", "params": {"model": "m", "max_tokens": 5,
-                                              "messages": [{"role": "user", "content": f"n {i}"}]}}
+            {
+                "custom_id": f"r{i}",
+                "params": {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": f"n {i}"}]},
+            }
             for i in range(12)
         ]
         batch = client.messages.batches.create(requests=requests)

@@ -248,7 +248,10 @@ async def test_checkpoint_moves_every_committed_page_into_the_database_file(stor
     size_before = database.stat().st_size
     big = b'{"model":"m","pad":"%s"}' % (b"x" * 4000)
     await store.insert_batch(
-        batch_id="msgbatch_big", workspace="w", created_at=1, expires_at=FAR_FUTURE,
+        batch_id="msgbatch_big",
+        workspace="w",
+        created_at=1,
+        expires_at=FAR_FUTURE,
         items=[(f"r{i}", big) for i in range(3000)],  # ~12 MB: past SQLite's default auto-checkpoint
     )
     # Automatic checkpoints are off: the commit left its pages in the WAL, not in the database file.
@@ -330,7 +333,11 @@ async def test_the_queue_limit_holds_against_concurrent_creates(store: Store, tw
     outcomes = await asyncio.gather(
         *(
             lessee.insert_batch(
-                batch_id=f"msgbatch_q{n}", workspace="w", created_at=1, expires_at=FAR_FUTURE, items=items,
+                batch_id=f"msgbatch_q{n}",
+                workspace="w",
+                created_at=1,
+                expires_at=FAR_FUTURE,
+                items=items,
                 max_queued_requests=100,
             )
             for n, lessee in enumerate((store, twin, store, twin))

@@ -18,12 +18,13 @@ TO_ARCHIVE = sa.text("status = 'ended' AND archived_at IS NULL")
 
 def upgrade() -> None:
     op.drop_index("ix_batches_status", table_name="batches")
+    op.create_index("ix_batches_unfinished", "batches", ["seq"], sqlite_where=UNFINISHED, postgresql_where=UNFINISHED)
     op.create_index(
-        "ix_batches_unfinished", "batches", ["seq"], sqlite_where=UNFINISHED, postgresql_where=UNFINISHED
-    )
-    op.create_index(
-        "ix_batches_unfinished_workspace", "batches", ["workspace"],
-        sqlite_where=UNFINISHED, postgresql_where=UNFINISHED,
+        "ix_batches_unfinished_workspace",
+        "batches",
+        ["workspace"],
+        sqlite_where=UNFINISHED,
+        postgresql_where=UNFINISHED,
     )
     op.create_index(
         "ix_batches_to_archive", "batches", ["created_at"], sqlite_where=TO_ARCHIVE, postgresql_where=TO_ARCHIVE
