@@ -199,3 +199,14 @@ def make_raw(request_id_audit: _RequestIdAudit) -> Iterator[Callable[..., httpx.
 @pytest.fixture
 def raw(server: ServerProcess, make_raw: Callable[..., httpx.Client]) -> httpx.Client:
     return make_raw(server)
+
+
+def newest_migration() -> str:
+    """The head of overnight's Alembic history: what a migrated database's `alembic_version` holds."""
+    from alembic.script import ScriptDirectory
+
+    from overnight.store.base import MIGRATIONS
+
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None
+    return head
