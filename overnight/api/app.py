@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -40,6 +40,18 @@ from overnight.store import StoreUnavailableError, open_store
 from overnight.timestamps import MICROS, now_micros
 
 logger = logging.getLogger(__name__)
+
+_SHUTDOWN_STEP_SECONDS = 5.0
+
+
+async def _bounded_step(name: str, step: Awaitable[object], *, seconds: float = _SHUTDOWN_STEP_SECONDS) -> None:
+    """One shutdown step, given up after `seconds`: a process asked to stop must stop (whatever it still
+    held is safe: its leases lapse and other nodes, or the next start, run those requests)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        logger.warning("shutdown: the %s did not stop within %.0f s; going on without it", name, seconds)
 
 
 def create_app(settings: Settings, router: BackendRouter) -> Starlette:
@@ -107,13 +119,14 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
         try:
             yield
         finally:
-            for task in (sweeping, sending):
+            for name, task in (("sweeper", sweeping), ("webhook sender", sending)):
                 if task is not None:
                     task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+                    await _bounded_step(name, asyncio.gather(task, return_exceptions=True))
             if scheduler is not None:
-                await scheduler.stop()
-            await router.aclose()
+                # Its workers get `shutdown_grace_seconds` themselves; this bounds the hand-back after them.
+                await _bounded_step("scheduler", scheduler.stop(), seconds=_SHUTDOWN_STEP_SECONDS * 2)
+            await _bounded_step("backends", router.aclose())
             store.close()
 
     app = Starlette(
