@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from overnight.api.auth import RateLimiter
+from overnight.api.auth import RateLimiter, authenticate
 from overnight.config import Settings
 from overnight.engine.calls import BackendCaller, BackendRouter
 from overnight.exceptions import InvalidRequestError
@@ -29,6 +29,13 @@ class Context:
 
 def context_of(request: Request) -> Context:
     return request.app.state.context  # type: ignore[no-any-return]
+
+
+def workspace_of(request: Request, context: Context) -> str:
+    """The workspace the request's key belongs to, once its per-minute rate limit allows the call."""
+    workspace = authenticate(request, context.settings)
+    context.rate_limiter.check(workspace)
+    return workspace
 
 
 def page_limit(value: str | None) -> int:

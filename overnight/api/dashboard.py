@@ -20,8 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from overnight.api.auth import authenticate
-from overnight.api.context import context_of, page_limit
+from overnight.api.context import context_of, page_limit, workspace_of
 from overnight.api.responses import json_response
 from overnight.exceptions import InvalidRequestError, NotFoundError
 
@@ -117,8 +116,7 @@ async def results_page(request: Request) -> Response:
     type, `custom_id` keeps ids containing that text. Reads the stored lines in order and stops at the
     page's end, so early pages are quick on any batch."""
     context = context_of(request)
-    workspace = authenticate(request, context.settings)
-    context.rate_limiter.check(workspace)
+    workspace = workspace_of(request, context)
     batch_id = request.path_params["batch_id"]
     query = request.query_params
     limit = page_limit(query.get("limit"))

@@ -7,22 +7,15 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from overnight.api import messages, openapi
-from overnight.api.auth import authenticate
 from overnight.api.body import read_body
-from overnight.api.context import Context, beta_features, context_of, page_limit, public_base_url
+from overnight.api.context import beta_features, context_of, page_limit, public_base_url, workspace_of
 from overnight.api.metrics import metrics_endpoint
 from overnight.api.responses import json_response
 
 
-def _workspace(request: Request, context: Context) -> str:
-    workspace = authenticate(request, context.settings)
-    context.rate_limiter.check(workspace)
-    return workspace
-
-
 async def create_batch(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     betas = beta_features(request, context.settings.max_beta_features)
     body = await read_body(request, context.settings)
     base_url = public_base_url(request, context.settings)
@@ -32,7 +25,7 @@ async def create_batch(request: Request) -> Response:
 
 async def list_batches(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     query = request.query_params
     page = await context.batches.list(
         workspace,
@@ -46,7 +39,7 @@ async def list_batches(request: Request) -> Response:
 
 async def retrieve_batch(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     batch_id = request.path_params["batch_id"]
     base_url = public_base_url(request, context.settings)
     return json_response(await context.batches.retrieve(workspace, batch_id, base_url))
@@ -54,7 +47,7 @@ async def retrieve_batch(request: Request) -> Response:
 
 async def cancel_batch(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     batch_id = request.path_params["batch_id"]
     base_url = public_base_url(request, context.settings)
     return json_response(await context.batches.cancel(workspace, batch_id, base_url))
@@ -62,13 +55,13 @@ async def cancel_batch(request: Request) -> Response:
 
 async def delete_batch(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     return json_response(await context.batches.delete(workspace, request.path_params["batch_id"]))
 
 
 async def batch_results(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     lines = await context.batches.results(workspace, request.path_params["batch_id"])
     return StreamingResponse(lines, media_type="application/x-jsonl")
 
@@ -79,13 +72,13 @@ async def health(request: Request) -> Response:
 
 async def batch_usage(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     return json_response(await context.batches.usage(workspace, request.path_params["batch_id"]))
 
 
 async def workspace_usage(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     return json_response(await context.batches.workspace_usage(workspace))
 
 

@@ -14,19 +14,13 @@ from starlette.routing import Route
 
 from overnight.api.auth import authenticate
 from overnight.api.body import read_body
-from overnight.api.context import Context, context_of
+from overnight.api.context import context_of, workspace_of
 from overnight.api.responses import json_response
 from overnight.openai_api.errors import OpenAIRequestError
 from overnight.protocol.decoding import decode_json
 from overnight.protocol.openai.chat import chat_completion, chat_to_params
 
 _MULTIPART_OVERHEAD_BYTES = 64 * 1024  # the form's other parts and boundaries, beyond the file itself
-
-
-def _workspace(request: Request, context: Context) -> str:
-    workspace = authenticate(request, context.settings)
-    context.rate_limiter.check(workspace)
-    return workspace
 
 
 def _int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -44,7 +38,7 @@ def _int_query(request: Request, name: str, default: int, low: int, high: int) -
 
 async def upload_file(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     limit = context.settings.openai_max_file_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + _MULTIPART_OVERHEAD_BYTES:
@@ -64,7 +58,7 @@ async def upload_file(request: Request) -> Response:
 
 async def list_files(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     order = request.query_params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise OpenAIRequestError(f"order: must be 'asc' or 'desc', got {order!r}", param="order")
@@ -80,33 +74,33 @@ async def list_files(request: Request) -> Response:
 
 async def retrieve_file(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     return json_response(await context.openai.retrieve_file(workspace, request.path_params["file_id"]))
 
 
 async def delete_file(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     return json_response(await context.openai.delete_file(workspace, request.path_params["file_id"]))
 
 
 async def file_content(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     content = await context.openai.file_content(workspace, request.path_params["file_id"])
     return Response(content, media_type="application/octet-stream")
 
 
 async def create_batch(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     body = await read_body(request, context.settings)
     return json_response(await context.openai.create_batch(workspace, body))
 
 
 async def list_batches(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     page = await context.openai.list_batches(
         workspace,
         limit=_int_query(request, "limit", 20, 1, 100),
@@ -117,13 +111,13 @@ async def list_batches(request: Request) -> Response:
 
 async def retrieve_batch(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     return json_response(await context.openai.retrieve_batch(workspace, request.path_params["batch_id"]))
 
 
 async def cancel_batch(request: Request) -> Response:
     context = context_of(request)
-    workspace = _workspace(request, context)
+    workspace = workspace_of(request, context)
     return json_response(await context.openai.cancel_batch(workspace, request.path_params["batch_id"]))
 
 
