@@ -83,13 +83,21 @@ class BackendCaller:
         for backend in router.backends():
             self._limit_for(backend)  # so that /metrics shows every backend's cap from the start
 
-    async def call(self, params: MessageCreateParams, *, still_wanted: Callable[[], bool] | None = None) -> Message:
-        """Call the routed backend, retrying what may succeed later.
+    async def call(
+        self,
+        params: MessageCreateParams,
+        *,
+        backend: Backend | None = None,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> Message:
+        """Call the routed backend (`backend`, when the caller has already resolved it), retrying what may
+        succeed later.
 
         `still_wanted` is asked each time a backend slot is granted, right before sending: a request
         whose batch was canceled while it queued for a slot is withdrawn (`RequestWithdrawn`) unsent.
         """
-        backend = self.router.resolve(params.model)
+        if backend is None:
+            backend = self.router.resolve(params.model)
         limit = self._limit_for(backend)
         meter = self._meters[id(backend)]
         attempt = 1

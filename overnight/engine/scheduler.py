@@ -316,8 +316,8 @@ class Scheduler:
             params = codec.decode(item.params)
             if item.batch_seq in self._batch_betas:
                 params = params.with_betas(self._batch_betas[item.batch_seq])
-            backend = self.caller.router.resolve(params.model)  # for the metrics' label; a memo hit
-            message = await self.caller.call(params, still_wanted=lambda: self._wanted(item))
+            backend = self.caller.router.resolve(params.model)  # kept for the result's metrics label
+            message = await self.caller.call(params, backend=backend, still_wanted=lambda: self._wanted(item))
         except RequestWithdrawn:
             return self._unwanted_outcome(item)
         except OvernightError as error:
