@@ -102,30 +102,30 @@ class QueueFullError(RuntimeError):
         self.limit = limit
 
 
-def _on_thread(pool: str) -> Callable[[Callable[Concatenate[S, P], T]], Callable[Concatenate[S, P], Awaitable[T]]]:
-    """Make a blocking store method awaitable, running it on the store's `pool` executor.
+def _guarded(store: Store, name: str, call: Callable[[], T]) -> T:
+    """Run one blocking transaction: again when it lost a race the database resolves by aborting one
+    side (a deadlock, a serialization failure); a lost or refused connection becomes
+    `StoreUnavailableError`."""
+    for attempt in range(1, _RETRIES + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if store.is_race_lost(exc) and attempt < _RETRIES:
+                logger.debug("%s lost a race (%s); retrying", name, exc)
+                continue
+            if store.is_unavailable(exc):
+                raise StoreUnavailableError(f"{name}: {exc}") from exc
+            raise
+    raise AssertionError("unreachable")
 
-    A transaction that lost a race the database resolves by aborting one side (a deadlock, a
-    serialization failure) runs again; a lost or refused connection becomes `StoreUnavailableError`.
-    """
+
+def _on_thread(pool: str) -> Callable[[Callable[Concatenate[S, P], T]], Callable[Concatenate[S, P], Awaitable[T]]]:
+    """Make a blocking store method awaitable, running it `_guarded` on the store's `pool` executor."""
 
     def decorate(method: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], Awaitable[T]]:
-        def blocking(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
-            for attempt in range(1, _RETRIES + 1):
-                try:
-                    return method(self, *args, **kwargs)
-                except Exception as exc:
-                    if self.is_race_lost(exc) and attempt < _RETRIES:
-                        logger.debug("%s lost a race (%s); retrying", method.__name__, exc)
-                        continue
-                    if self.is_unavailable(exc):
-                        raise StoreUnavailableError(f"{method.__name__}: {exc}") from exc
-                    raise
-            raise AssertionError("unreachable")
-
         @functools.wraps(method)
         async def run(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
-            call = functools.partial(blocking, self, *args, **kwargs)
+            call = functools.partial(_guarded, self, method.__name__, functools.partial(method, self, *args, **kwargs))
             return await asyncio.get_running_loop().run_in_executor(getattr(self, pool), call)
 
         return run
@@ -167,6 +167,17 @@ class Store:
 
     def _lock_for_migration(self, conn: Connection) -> None:
         """Hold off other nodes migrating the same database until this transaction ends."""
+
+    async def run_write(self, call: Callable[[], T]) -> T:
+        """Run `call`, a blocking write transaction of the caller's own, as the store's writes run: on the
+        writer thread, again after a lost race, a lost connection raised as `StoreUnavailableError`."""
+        guarded = functools.partial(_guarded, self, getattr(call, "__qualname__", "write"), call)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, guarded)
+
+    async def run_read(self, call: Callable[[], T]) -> T:
+        """Run `call`, a blocking read, as the store's reads run (see `run_write`)."""
+        guarded = functools.partial(_guarded, self, getattr(call, "__qualname__", "read"), call)
+        return await asyncio.get_running_loop().run_in_executor(self._reader, guarded)
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)

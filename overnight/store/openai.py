@@ -3,8 +3,6 @@ what an OpenAI batch adds to the engine's `batches` row. Portable SQL, run on th
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -68,12 +66,6 @@ class OpenAIStore:
         self.store = store
         self.engine = store.engine
 
-    async def _write(self, call: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.store._writer, functools.partial(call, *args))
-
-    async def _read(self, call: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.store._reader, functools.partial(call, *args))
-
     # --- files --------------------------------------------------------------------------------
 
     async def insert_file(self, record: FileRecord, content: bytes) -> FileRecord:
@@ -84,7 +76,7 @@ class OpenAIStore:
                 seq = conn.execute(files.insert().values(**values, content=content).returning(files.c.seq)).scalar_one()
             return msgspec.structs.replace(record, seq=seq)
 
-        return await self._write(insert)
+        return await self.store.run_write(insert)
 
     async def get_file(self, workspace: str, file_id: str) -> FileRecord | None:
         def get() -> FileRecord | None:
@@ -94,7 +86,7 @@ class OpenAIStore:
                 ).one_or_none()
             return None if row is None else FileRecord(*row)
 
-        return await self._read(get)
+        return await self.store.run_read(get)
 
     async def file_content(self, workspace: str, file_id: str) -> bytes | None:
         """The file's bytes; None if there is no such file, or its batch's results were archived."""
@@ -110,7 +102,7 @@ class OpenAIStore:
                     return None if row is None else bytes(row.content)
                 return _batch_lines(conn, row.batch_seq, row.kind)
 
-        return await self._read(get)
+        return await self.store.run_read(get)
 
     async def list_files(
         self, workspace: str, *, purpose: str | None, limit: int, after_id: str | None, ascending: bool
@@ -131,7 +123,7 @@ class OpenAIStore:
                 rows = conn.execute(query.limit(limit + 1)).all()
             return [FileRecord(*row) for row in rows[:limit]], len(rows) > limit
 
-        return await self._read(page)
+        return await self.store.run_read(page)
 
     async def delete_file(self, workspace: str, file_id: str) -> bool:
         def delete() -> bool:
@@ -140,7 +132,7 @@ class OpenAIStore:
                     conn.execute(files.delete().where(files.c.id == file_id, files.c.workspace == workspace)).rowcount
                 )
 
-        return await self._write(delete)
+        return await self.store.run_write(delete)
 
     # --- batches ------------------------------------------------------------------------------
 
@@ -152,7 +144,7 @@ class OpenAIStore:
                 _insert_openai(conn, record)
             return record
 
-        return await self._write(insert)
+        return await self.store.run_write(insert)
 
     async def insert_batch(
         self,
@@ -190,7 +182,7 @@ class OpenAIStore:
                 )
             return rows[0] if rows else None
 
-        return await self._read(get)
+        return await self.store.run_read(get)
 
     async def list_batches(
         self, workspace: str, *, limit: int, after_id: str | None
@@ -210,7 +202,7 @@ class OpenAIStore:
                 rows = _with_engine_rows(conn, query.order_by(openai_batches.c.seq.desc()).limit(limit + 1))
             return rows[:limit], len(rows) > limit
 
-        return await self._read(page)
+        return await self.store.run_read(page)
 
     async def finalize(
         self,
@@ -273,7 +265,7 @@ class OpenAIStore:
                 conn.execute(update(openai_batches).where(openai_batches.c.seq == record.seq).values(**linked))
                 return True
 
-        return await self._write(write)
+        return await self.store.run_write(write)
 
 
 def _insert_openai(conn: Connection, record: OpenAIBatchRecord) -> None:
