@@ -216,6 +216,13 @@ def main() -> None:
     help="Most requests in one OpenAI batch input file.",
 )
 @click.option(
+    "--openai-validation-hold",
+    "openai_validation_hold_seconds",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    hidden=True,  # for tests: a batch that stays `validating` this long
+)
+@click.option(
     "--batch-ttl",
     "batch_ttl_seconds",
     default=86_400.0,

@@ -55,6 +55,8 @@ class Settings:
     """Largest OpenAI-format batch input file (`POST /v1/files`; OpenAI's limit)."""
     openai_max_file_lines: int = 50_000
     """Most requests in one OpenAI-format batch input file (OpenAI's limit)."""
+    openai_validation_hold_seconds: float = 0.0
+    """For tests only: each OpenAI batch validation waits this long after claiming its batch."""
     batch_ttl_seconds: float = 86_400.0
     results_retention_seconds: float = 29 * 86_400.0
     public_url: str | None = None

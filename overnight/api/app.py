@@ -116,6 +116,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
         sending = start_webhooks(store, settings, owner=scheduler.owner if scheduler is not None else None)
         if scheduler is not None:
             await scheduler.start()
+        await app.state.context.openai.start()  # validates OpenAI batches where the engine runs
         try:
             yield
         finally:
@@ -123,6 +124,7 @@ def create_app(settings: Settings, router: BackendRouter) -> Starlette:
                 if task is not None:
                     task.cancel()
                     await _bounded_step(name, asyncio.gather(task, return_exceptions=True))
+            await _bounded_step("OpenAI batch validator", app.state.context.openai.stop())
             if scheduler is not None:
                 # Its workers get `shutdown_grace_seconds` themselves; this bounds the hand-back after them.
                 await _bounded_step("scheduler", scheduler.stop(), seconds=_SHUTDOWN_STEP_SECONDS * 2)

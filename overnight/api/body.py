@@ -41,6 +41,18 @@ async def read_capped_body(request: Request, limit: int, timeout_seconds: float)
     return body
 
 
+def body_chunks(request: Request, timeout_seconds: float) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, each awaited for at most `timeout_seconds` (else
+    `RequestTimeoutError`), for a handler that consumes a body without holding it."""
+    return _chunks(request, timeout_seconds)
+
+
+async def drain(request: Request, timeout_seconds: float) -> None:
+    """Read and drop what the client still sends (bounded), so that it gets our error response instead of
+    a connection reset mid-upload."""
+    await _drain(request, timeout_seconds)
+
+
 async def _chunks(request: Request, timeout_seconds: float) -> AsyncIterator[bytes]:
     """The body's chunks, each awaited for at most `timeout_seconds`."""
     receive = request.receive

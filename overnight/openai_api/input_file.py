@@ -1,4 +1,4 @@
-"""Checking a batch's input file line by line, as OpenAI does before a batch runs.
+"""Checking a batch's input file line by line, as OpenAI does before a batch runs (while `validating`).
 
 Every bad line gets its own `BatchError` (1-based `line`), up to `MAX_REPORTED_ERRORS`; whole-file
 errors have `line: None`. The error codes are those OpenAI's API and its documentation use.
@@ -6,12 +6,13 @@ errors have `line: None`. The error codes are those OpenAI's API and its documen
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgspec
 
 MAX_REPORTED_ERRORS = 100
+MAX_LINE_BYTES = 16 * 1024 * 1024  # one request; a longer line is an error, never held whole
 _MAX_CUSTOM_ID_CHARS = 64
 
 
@@ -37,53 +38,101 @@ def batch_error(code: str, message: str, *, line: int | None = None, param: str 
     return {"code": code, "line": line, "message": message, "param": param}
 
 
-class CheckedInput(msgspec.Struct):
-    items: list[tuple[str, msgspec.Raw]]
-    model: str | None
-    errors: list[dict[str, Any]]
+class InputChecker:
+    """Checks a file's lines as they come (`items`), keeping only the custom_ids seen, so that a file of
+    any size is checked in the memory of one line. Afterwards, `errors` says why the file is invalid
+    (empty: it is valid), `total` how many requests it holds and `model` which model they all use."""
 
+    def __init__(self, *, endpoint: str, max_lines: int, model_is_served: Callable[[str], bool]) -> None:
+        self.endpoint = endpoint
+        self.max_lines = max_lines
+        self.model_is_served = model_is_served
+        self.errors: list[dict[str, Any]] = []
+        self.model: str | None = None
+        self.total = 0
+        self._seen: set[str] = set()
 
-def check_input_file(
-    content: bytes, *, endpoint: str, max_lines: int, model_is_served: Callable[[str], bool]
-) -> CheckedInput:
-    """The (custom_id, body) pairs of a valid file, or the errors that make it invalid."""
-    lines = content.split(b"\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        return CheckedInput([], None, [batch_error("empty_file", "The input file is empty.")])
-    if len(lines) > max_lines:
-        return CheckedInput(
-            [],
-            None,
-            [
+    def items(self, lines: Iterable[bytes | None]) -> Iterator[tuple[str, msgspec.Raw]]:
+        """The (custom_id, body) of each valid line, in order; stops early once the file is known to
+        be invalid. A `None` line is one longer than `MAX_LINE_BYTES` (see `split_lines`)."""
+        blank = 0  # blank lines not yet known to be followed by another line (trailing ones are fine)
+        number = 0
+        for raw in lines:
+            number += 1
+            if raw is not None and not raw.strip():
+                blank += 1
+                continue
+            if number > self.max_lines:
+                self.errors = [
+                    batch_error(
+                        "too_many_tasks",
+                        f"The input file has more than {self.max_lines} requests; a batch holds at most "
+                        f"{self.max_lines}.",
+                    )
+                ]
+                return
+            for earlier in range(number - blank, number):
+                self._add(batch_error("invalid_json_line", "This line is not parseable as valid JSON.", line=earlier))
+            blank = 0
+            item = self._check(raw, number)
+            if item is not None and not self.errors:
+                self.total += 1
+                yield item
+            if len(self.errors) >= MAX_REPORTED_ERRORS:
+                del self.errors[MAX_REPORTED_ERRORS:]
+                return
+        if number == blank and not self.errors:
+            self.errors.append(batch_error("empty_file", "The input file is empty."))
+
+    def _add(self, error: dict[str, Any]) -> None:
+        self.errors.append(error)
+
+    def _check(self, raw: bytes | None, number: int) -> tuple[str, msgspec.Raw] | None:
+        if raw is None:
+            self._add(
                 batch_error(
-                    "too_many_tasks", f"The input file has {len(lines)} requests; a batch holds at most {max_lines}."
+                    "invalid_request", f"This line is longer than {MAX_LINE_BYTES} bytes.", line=number, param=None
                 )
-            ],
-        )
-    items: list[tuple[str, msgspec.Raw]] = []
-    errors: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    model: str | None = None
-    for number, raw in enumerate(lines, start=1):
-        error = None
+            )
+            return None
         try:
             line = _decode_line(raw)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
-            error = batch_error("invalid_json_line", "This line is not parseable as valid JSON.", line=number)
-        else:
-            error, custom_id, body_model = _check_line(line, number, endpoint, seen, model, model_is_served)
-            if error is None:
-                assert custom_id is not None
-                model = model or body_model
-                seen.add(custom_id)
-                items.append((custom_id, line.body))
+            self._add(batch_error("invalid_json_line", "This line is not parseable as valid JSON.", line=number))
+            return None
+        error, custom_id, body_model = _check_line(
+            line, number, self.endpoint, self._seen, self.model, self.model_is_served
+        )
         if error is not None:
-            errors.append(error)
-            if len(errors) >= MAX_REPORTED_ERRORS:
-                break
-    return CheckedInput(items if not errors else [], model, errors)
+            self._add(error)
+            return None
+        assert custom_id is not None
+        self.model = self.model or body_model
+        self._seen.add(custom_id)
+        return custom_id, line.body
+
+
+def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
+    """A file's lines (without their `\n`), from its bytes in chunks of any size; `None` stands for a
+    line longer than `MAX_LINE_BYTES`, which is skipped rather than held."""
+    rest = b""
+    skipping = False
+    for chunk in chunks:
+        data = rest + chunk if rest else chunk
+        start = 0
+        while (end := data.find(b"\n", start)) != -1:
+            if skipping:
+                skipping = False
+            else:
+                yield data[start:end]
+            start = end + 1
+        rest = data[start:]
+        if len(rest) > MAX_LINE_BYTES:
+            if not skipping:
+                yield None
+            skipping, rest = True, b""
+    if rest and not skipping:
+        yield rest
 
 
 def _check_line(

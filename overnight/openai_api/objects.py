@@ -35,8 +35,10 @@ def file_deleted(file_id: str) -> dict[str, Any]:
 
 def batch_status(record: OpenAIBatchRecord) -> str:
     batch = record.batch
-    if record.failed_at is not None or batch is None:
+    if record.failed_at is not None:
         return "failed"
+    if batch is None:
+        return "cancelled" if record.cancelled_at is not None else "validating"
     if batch.status == IN_PROGRESS:
         return "in_progress"
     if batch.status == CANCELING:
@@ -61,7 +63,8 @@ def batch_object(record: OpenAIBatchRecord) -> dict[str, Any]:
             "completed": batch.succeeded,
             "failed": batch.errored + batch.canceled + batch.expired,
         }
-    finalized = seconds(record.finalized_at)
+    finalized = seconds(record.finalized_at if batch is not None else record.cancelled_at)
+    expires_at = record.expires_at if record.expires_at is not None else batch.expires_at if batch else None
     errors = msgspec.json.decode(record.errors) if record.errors else None
     return {
         "id": record.id,
@@ -75,13 +78,14 @@ def batch_object(record: OpenAIBatchRecord) -> dict[str, Any]:
         "output_file_id": record.output_file_id,
         "error_file_id": record.error_file_id,
         "created_at": seconds(record.created_at),
-        "in_progress_at": seconds(record.created_at) if batch is not None else None,
-        "expires_at": seconds(batch.expires_at) if batch is not None else None,
+        # The engine's batch is created when validation enqueues the requests.
+        "in_progress_at": seconds(batch.created_at) if batch is not None else None,
+        "expires_at": seconds(expires_at),
         "finalizing_at": seconds(batch.ended_at) if batch is not None else None,
         "completed_at": finalized if status == "completed" else None,
         "failed_at": seconds(record.failed_at),
         "expired_at": seconds(batch.ended_at) if batch is not None and status == "expired" else None,
-        "cancelling_at": seconds(batch.cancel_initiated_at) if batch is not None else None,
+        "cancelling_at": seconds(batch.cancel_initiated_at if batch is not None else record.cancelled_at),
         "cancelled_at": finalized if status == "cancelled" else None,
         "request_counts": counts,
         "usage": _usage(batch) if batch is not None else None,

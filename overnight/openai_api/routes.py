@@ -7,16 +7,16 @@ OpenAI's envelope (see `api/errors.py`).
 from __future__ import annotations
 
 import msgspec
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from overnight.api.auth import authenticate
-from overnight.api.body import read_body
+from overnight.api.body import drain, read_body
 from overnight.api.context import context_of, workspace_of
 from overnight.api.responses import json_response
 from overnight.openai_api.errors import OpenAIRequestError
+from overnight.openai_api.upload import receive_upload
 from overnight.protocol.decoding import decode_json
 from overnight.protocol.openai.chat import chat_completion, chat_to_params
 
@@ -39,21 +39,20 @@ def _int_query(request: Request, name: str, default: int, low: int, high: int) -
 async def upload_file(request: Request) -> Response:
     context = context_of(request)
     workspace = workspace_of(request, context)
-    limit = context.settings.openai_max_file_bytes
+    settings = context.settings
+    limit = settings.openai_max_file_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + _MULTIPART_OVERHEAD_BYTES:
+        await drain(request, settings.body_read_timeout_seconds)
         raise OpenAIRequestError("File is too large.", param="file", status=413)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise OpenAIRequestError("The body must be multipart/form-data with 'file' and 'purpose' parts.")
-    async with request.form(max_files=1, max_fields=8) as form:
-        upload, purpose = form.get("file"), form.get("purpose")
-        if not isinstance(upload, UploadFile):
-            raise OpenAIRequestError("file: a file part is required", param="file", code="missing_required_parameter")
-        if not isinstance(purpose, str):
-            raise OpenAIRequestError("purpose: required", param="purpose", code="missing_required_parameter")
-        content = await upload.read(limit + 1)
-        filename = upload.filename or "upload"
-    return json_response(await context.openai.upload(workspace, filename, purpose, content))
+    upload = await receive_upload(
+        request,
+        limit=limit,
+        timeout_seconds=settings.body_read_timeout_seconds,
+        spool_dir=settings.data_dir if settings.data_dir.is_dir() else None,
+    )
+    with upload.content:
+        return json_response(await context.openai.upload(workspace, upload))
 
 
 async def list_files(request: Request) -> Response:
@@ -87,8 +86,8 @@ async def delete_file(request: Request) -> Response:
 async def file_content(request: Request) -> Response:
     context = context_of(request)
     workspace = workspace_of(request, context)
-    content = await context.openai.file_content(workspace, request.path_params["file_id"])
-    return Response(content, media_type="application/octet-stream")
+    size, chunks = await context.openai.file_content(workspace, request.path_params["file_id"])
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers={"content-length": str(size)})
 
 
 async def create_batch(request: Request) -> Response:

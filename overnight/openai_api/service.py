@@ -1,15 +1,17 @@
 """What the OpenAI Files and Batches APIs do: the API's decisions over the shared store and engine.
 
 An OpenAI batch is an engine batch in the `openai` format (same scheduler, leases, retries, expiry and
-recovery as an Anthropic one) plus a row of what only this API has. Its input file is checked whole at
-create: a bad file gives a `failed` batch with one error per bad line, a good one runs at once
-(`in_progress`). Once the engine has ended it, the first read writes the output and error files
-(`finalizing` → `completed` / `cancelled` / `expired`), exactly once across nodes.
+recovery as an Anthropic one) plus a row of what only this API has. Create stores a `validating` row
+and answers at once; a validator on a node that runs the engine checks the input file line by line and
+enqueues it (`in_progress`) or fails it with one error per bad line (`failed`), see `validation.py`.
+Once the engine has ended it, the first read writes the output and error files (`finalizing` →
+`completed` / `cancelled` / `expired`), exactly once across nodes.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -17,16 +19,18 @@ import msgspec
 from overnight import ids
 from overnight.config import Settings
 from overnight.engine.calls import BackendRouter
-from overnight.exceptions import NotFoundError, OvernightError, RateLimitError
+from overnight.exceptions import NotFoundError, OvernightError
 from overnight.metrics import NO_BACKEND, Metrics
 from overnight.openai_api.errors import OpenAIRequestError
-from overnight.openai_api.input_file import batch_error, check_input_file
-from overnight.openai_api.objects import batch_object, file_deleted, file_object, page
+from overnight.openai_api.input_file import batch_error
+from overnight.openai_api.objects import batch_object, batch_status, file_deleted, file_object, page
+from overnight.openai_api.upload import Upload
+from overnight.openai_api.validation import Validator, file_not_found
 from overnight.protocol.codecs import OPENAI_CODEC
 from overnight.service import WorkListener
-from overnight.store import QueueFullError, Store, UnknownCursorError
+from overnight.store import BatchRecord, Store, UnknownCursorError
 from overnight.store.openai import FileRecord, OpenAIBatchRecord, OpenAIStore
-from overnight.store.records import CANCELED, CANCELING, ENDED, OPENAI
+from overnight.store.records import CANCELED, ENDED, OPENAI
 from overnight.timestamps import MICROS, now_micros
 
 logger = logging.getLogger(__name__)
@@ -70,34 +74,55 @@ class OpenAIService:
         self.router = router
         self.listener = listener
         self.metrics = metrics
+        # Only where the engine runs: a validated batch's requests are taken up by this node's scheduler.
+        self.validator = (
+            Validator(self.store, settings, model_is_served=self._serves, on_started=self._started)
+            if listener is not None
+            else None
+        )
+
+    async def start(self) -> None:
+        if self.validator is not None:
+            await self.validator.start()
+
+    async def stop(self) -> None:
+        if self.validator is not None:
+            await self.validator.stop()
 
     # --- files --------------------------------------------------------------------------------
 
-    async def upload(self, workspace: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
-        if purpose != "batch":
+    async def upload(self, workspace: str, upload: Upload) -> dict[str, Any]:
+        if upload.purpose is None:
+            raise OpenAIRequestError("purpose: required", param="purpose", code="missing_required_parameter")
+        if upload.filename is None:
+            raise OpenAIRequestError("file: a file part is required", param="file", code="missing_required_parameter")
+        if upload.purpose != "batch":
             raise OpenAIRequestError(
-                f"purpose: only 'batch' is supported by this server, got {purpose!r}",
+                f"purpose: only 'batch' is supported by this server, got {upload.purpose!r}",
                 param="purpose",
                 code="invalid_value",
             )
-        if not filename.endswith(".jsonl"):
+        if not upload.filename.endswith(".jsonl"):
             raise OpenAIRequestError("Invalid file format for Batch API. Must be .jsonl", param="file")
-        if len(content) > self.settings.openai_max_file_bytes:
+        if upload.too_large:
             raise OpenAIRequestError("File is too large.", param="file")
+        ttl_seconds = _expires_after(upload.fields)
         now = now_micros()
         record = FileRecord(
-            0, file_id(), workspace, purpose, filename[:512], len(content), now, now + FILE_TTL_SECONDS * MICROS
+            0, file_id(), workspace, upload.purpose, upload.filename[:512], upload.size, now, now + ttl_seconds * MICROS
         )
-        return file_object(await self.store.insert_file(record, content))
+        return file_object(await self.store.insert_file(record, upload.content))
 
     async def retrieve_file(self, workspace: str, file_id: str) -> dict[str, Any]:
         return file_object(await self._file(workspace, file_id))
 
-    async def file_content(self, workspace: str, file_id: str) -> bytes:
-        content = await self.store.file_content(workspace, file_id)
-        if content is None:
+    async def file_content(self, workspace: str, file_id: str) -> tuple[int, AsyncIterator[bytes]]:
+        """The file's size and its bytes, streamed."""
+        found = await self.store.file_content(workspace, file_id)
+        if found is None:
             raise _file_not_found(file_id)  # or its batch's results were archived
-        return content
+        record, chunks = found
+        return record.bytes, chunks
 
     async def list_files(
         self, workspace: str, *, purpose: str | None, limit: int, after_id: str | None, ascending: bool
@@ -124,6 +149,8 @@ class OpenAIService:
     # --- batches ------------------------------------------------------------------------------
 
     async def create_batch(self, workspace: str, body: bytes | bytearray) -> dict[str, Any]:
+        """A `validating` batch, answered at once (the file is checked in the background), or a `failed`
+        one when the input file does not exist or is not a batch file."""
         request = _decode_create(body)
         metadata = _checked_metadata(request.metadata)
         if request.completion_window != COMPLETION_WINDOW:
@@ -145,41 +172,27 @@ class OpenAIService:
             )
         now = now_micros()
         record = OpenAIBatchRecord(
-            0,
-            openai_batch_id(),
-            workspace,
-            None,
-            request.endpoint,
-            request.input_file_id,
-            COMPLETION_WINDOW,
-            None,
-            msgspec.json.encode(metadata) if metadata is not None else None,
-            None,
-            now,
-            None,
-            None,
-            None,
-            None,
+            id=openai_batch_id(),
+            workspace=workspace,
+            endpoint=request.endpoint,
+            input_file_id=request.input_file_id,
+            completion_window=COMPLETION_WINDOW,
+            metadata=msgspec.json.encode(metadata) if metadata is not None else None,
+            created_at=now,
+            expires_at=now + int(self.settings.batch_ttl_seconds * MICROS),
         )
-        errors: list[dict[str, Any]]
-        content = await self.store.file_content(workspace, request.input_file_id)
-        file = await self.store.get_file(workspace, request.input_file_id) if content is not None else None
-        if content is None or file is None:
-            errors = [batch_error("invalid_request", f"Cannot find file {request.input_file_id}.", param="file_id")]
+        file = await self.store.get_file(workspace, request.input_file_id)
+        errors = None
+        if file is None:
+            errors = [file_not_found(request.input_file_id)]
         elif file.purpose != "batch":
             errors = [batch_error("invalid_request", "The input file's purpose must be 'batch'.", param="file_id")]
-        else:
-            checked = check_input_file(
-                content,
-                endpoint=request.endpoint,
-                max_lines=self.settings.openai_max_file_lines,
-                model_is_served=self._serves,
-            )
-            errors = checked.errors
-            if not errors:
-                return await self._start(msgspec.structs.replace(record, model=checked.model), checked.items, now)
-        failed = msgspec.structs.replace(record, errors=msgspec.json.encode(errors), failed_at=now)
-        return batch_object(await self.store.insert_failed_batch(failed))
+        if errors is not None:
+            record = msgspec.structs.replace(record, errors=msgspec.json.encode(errors), failed_at=now)
+        created = await self.store.insert_batch(record)
+        if self.validator is not None and errors is None:
+            self.validator.wake()
+        return batch_object(created)
 
     def _serves(self, model: str) -> bool:
         try:
@@ -188,26 +201,11 @@ class OpenAIService:
             return False
         return True
 
-    async def _start(self, record: OpenAIBatchRecord, items: list[tuple[str, Any]], now: int) -> dict[str, Any]:
-        try:
-            started = await self.store.insert_batch(
-                record,
-                items,
-                expires_at=now + int(self.settings.batch_ttl_seconds * MICROS),
-                max_queued_requests=self.settings.max_queued_requests,
-            )
-        except QueueFullError as exc:
-            raise RateLimitError(
-                f"Too many requests waiting in this workspace's queue (limit {exc.limit}); retry later",
-                retry_after_seconds=30,
-            ) from None
+    def _started(self, batch: BatchRecord) -> None:
+        """A validator enqueued a batch's requests: this node's scheduler may lease them now."""
         self.metrics.batches_created += 1
-        if self.listener and started.batch_seq is not None:
-            try:  # committed: never a 5xx now (the SDK would retry the create), the engine polls anyway
-                self.listener.batch_created(started.batch_seq, (), OPENAI)
-            except Exception:
-                logger.exception("batch %s stored, but the scheduler was not told", record.id)
-        return batch_object(started)
+        if self.listener is not None:
+            self.listener.batch_created(batch.seq, (), OPENAI)
 
     async def retrieve_batch(self, workspace: str, batch_id: str) -> dict[str, Any]:
         return batch_object(await self._batch(workspace, batch_id))
@@ -220,22 +218,27 @@ class OpenAIService:
         return page([batch_object(await self._finalized(record)) for record in records], has_more)
 
     async def cancel_batch(self, workspace: str, batch_id: str) -> dict[str, Any]:
-        record = await self._batch(workspace, batch_id)
-        batch = record.batch
-        if batch is None or batch.status == ENDED:
-            status = batch_object(record)["status"]
-            raise OpenAIRequestError(f"Cannot cancel a batch with status '{status}'.", status=409)
-        if batch.status == CANCELING:
-            return batch_object(record)
-        canceled = await self.engine_store.cancel_batch(batch.seq, now_micros())
-        if canceled is None:  # it ended (or was canceled) meanwhile: answer from its new state
-            return await self.cancel_batch(workspace, batch_id)
-        self.metrics.finished(CANCELED, NO_BACKEND, count=canceled.canceled)
-        if canceled.status == ENDED:
-            self.metrics.batches_ended += 1
-        if self.listener:
-            self.listener.batch_canceled(batch.seq)
-        return batch_object(await self._batch(workspace, batch_id))
+        while True:
+            record = await self._batch(workspace, batch_id)
+            status = batch_status(record)
+            if status in ("cancelling", "cancelled"):
+                return batch_object(record)
+            if status == "validating":
+                if await self.store.cancel_validating(record.seq, now_micros()):
+                    return await self.retrieve_batch(workspace, batch_id)
+                continue  # validated (or failed) meanwhile: answer from its new state
+            batch = record.batch
+            if batch is None or batch.status == ENDED:
+                raise OpenAIRequestError(f"Cannot cancel a batch with status '{status}'.", status=409)
+            canceled = await self.engine_store.cancel_batch(batch.seq, now_micros())
+            if canceled is None:  # it ended (or was canceled) meanwhile: answer from its new state
+                continue
+            self.metrics.finished(CANCELED, NO_BACKEND, count=canceled.canceled)
+            if canceled.status == ENDED:
+                self.metrics.batches_ended += 1
+            if self.listener:
+                self.listener.batch_canceled(batch.seq)
+            return await self.retrieve_batch(workspace, batch_id)
 
     async def _batch(self, workspace: str, batch_id: str) -> OpenAIBatchRecord:
         record = await self.store.get_batch(workspace, batch_id)
@@ -266,6 +269,24 @@ class OpenAIService:
         refreshed = await self.store.get_batch(record.workspace, record.id)
         assert refreshed is not None
         return refreshed
+
+
+def _expires_after(fields: dict[str, str]) -> int:
+    """The file's lifetime in seconds: `expires_after[seconds]` (anchored at `created_at`), or 30 days."""
+    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return FILE_TTL_SECONDS
+    if anchor != "created_at":
+        raise OpenAIRequestError(
+            "expires_after[anchor]: must be 'created_at'", param="expires_after.anchor", code="invalid_value"
+        )
+    if seconds is None or not seconds.isdigit() or not 3600 <= int(seconds) <= 2_592_000:
+        raise OpenAIRequestError(
+            "expires_after[seconds]: must be an integer between 3600 and 2592000",
+            param="expires_after.seconds",
+            code="invalid_value",
+        )
+    return int(seconds)
 
 
 def _decode_create(body: bytes | bytearray) -> _CreateBatch:

@@ -1,17 +1,28 @@
-"""The OpenAI Files and Batches APIs' rows: files (bytes in the database, so every node sees them) and
-what an OpenAI batch adds to the engine's `batches` row. Portable SQL, run on the store's threads."""
+"""The OpenAI Files and Batches APIs' rows: files (bytes in the database, in chunks, so every node sees
+them and no one holds a whole file) and what an OpenAI batch adds to the engine's `batches` row.
+Portable SQL, run on the store's threads."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+import functools
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import IO, Any, TypeVar
 
 import msgspec
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
-from overnight.store.base import Store, UnknownCursorError
-from overnight.store.records import CANCELED, EXPIRED, OPENAI, SUCCEEDED, BatchRecord
-from overnight.store.tables import batches, files, openai_batches, requests
+from overnight.store.base import QueueFullError, Store, UnknownCursorError, _one_batch
+from overnight.store.records import CANCELED, EXPIRED, IN_PROGRESS, OPENAI, SUCCEEDED, BatchRecord
+from overnight.store.tables import (
+    FILE_CHUNK_BYTES,
+    UNFINISHED,
+    VALIDATING,
+    batches,
+    file_chunks,
+    files,
+    openai_batches,
+    requests,
+)
 
 T = TypeVar("T")
 _OUTCOME_CHUNK = 5000
@@ -22,6 +33,11 @@ _SQLITE_CHUNK = (
 )
 _SQLITE_OUTPUT_CHUNK = _SQLITE_CHUNK.format("=")
 _SQLITE_ERROR_CHUNK = _SQLITE_CHUNK.format("!=")
+_CHUNKS_PER_READ = 2
+
+
+class InputFileGoneError(LookupError):
+    """A validating batch's input file was deleted before its requests were enqueued."""
 
 
 class FileRecord(msgspec.Struct, frozen=True):
@@ -35,28 +51,41 @@ class FileRecord(msgspec.Struct, frozen=True):
     expires_at: int | None
 
 
-class OpenAIBatchRecord(msgspec.Struct, frozen=True):
-    seq: int
+class OpenAIBatchRecord(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int = 0
     id: str
     workspace: str
-    batch_seq: int | None
+    batch_seq: int | None = None
     endpoint: str
     input_file_id: str
     completion_window: str
-    model: str | None
-    metadata: bytes | None
-    errors: bytes | None
+    model: str | None = None
+    metadata: bytes | None = None
+    errors: bytes | None = None
     created_at: int
-    failed_at: int | None
-    finalized_at: int | None
-    output_file_id: str | None
-    error_file_id: str | None
+    failed_at: int | None = None
+    finalized_at: int | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    expires_at: int | None = None
+    cancelled_at: int | None = None
+    """Cancelled while validating (it never ran)."""
     batch: BatchRecord | None = None
-    """The engine's row (None for a batch that failed validation and never ran)."""
+    """The engine's row (None while validating, and for a batch that failed validation or was cancelled
+    then)."""
 
 
 _FILE_COLUMNS = [files.c[name] for name in FileRecord.__struct_fields__]
-_OPENAI_COLUMNS = [openai_batches.c[name] for name in OpenAIBatchRecord.__struct_fields__ if name != "batch"]
+_OPENAI_NAMES = [name for name in OpenAIBatchRecord.__struct_fields__ if name != "batch"]
+_OPENAI_COLUMNS = [openai_batches.c[name] for name in _OPENAI_NAMES]
+
+
+def _openai_record(row: Any) -> OpenAIBatchRecord:
+    return OpenAIBatchRecord(**dict(zip(_OPENAI_NAMES, row, strict=True)))
+
+
+ItemGroups = Callable[[Iterator[bytes]], Iterator[Sequence[tuple[str, Any]]]]
+"""Turns an input file's chunks into its requests, (custom_id, body) pairs, a group at a time."""
 
 
 class OpenAIStore:
@@ -68,12 +97,21 @@ class OpenAIStore:
 
     # --- files --------------------------------------------------------------------------------
 
-    async def insert_file(self, record: FileRecord, content: bytes) -> FileRecord:
+    async def insert_file(self, record: FileRecord, content: IO[bytes]) -> FileRecord:
+        """The file's row and its bytes, read from `content` a chunk at a time, in one transaction: a file
+        is listed whole or not at all."""
+
         def insert() -> FileRecord:
+            content.seek(0)
             with self.engine.begin() as conn:
+                self.store._begin_write(conn)
                 values = msgspec.structs.asdict(record)
                 del values["seq"]
-                seq = conn.execute(files.insert().values(**values, content=content).returning(files.c.seq)).scalar_one()
+                seq = conn.execute(files.insert().values(**values).returning(files.c.seq)).scalar_one()
+                idx = 0
+                while data := content.read(FILE_CHUNK_BYTES):
+                    conn.execute(file_chunks.insert().values(file_seq=seq, idx=idx, data=data))
+                    idx += 1
             return msgspec.structs.replace(record, seq=seq)
 
         return await self.store.run_write(insert)
@@ -88,21 +126,80 @@ class OpenAIStore:
 
         return await self.store.run_read(get)
 
-    async def file_content(self, workspace: str, file_id: str) -> bytes | None:
-        """The file's bytes; None if there is no such file, or its batch's results were archived."""
+    async def file_content(self, workspace: str, file_id: str) -> tuple[FileRecord, AsyncIterator[bytes]] | None:
+        """The file and its bytes as they are read, a chunk or a few thousand lines at a time; None if
+        there is no such file, or its batch's results were archived."""
 
-        def get() -> bytes | None:
+        def locate() -> tuple[FileRecord, list[Callable[[], bytes]]] | None:
             with self.engine.connect() as conn:
                 row = conn.execute(
-                    select(files.c.content, files.c.batch_seq, files.c.kind).where(
+                    select(*_FILE_COLUMNS, files.c.batch_seq, files.c.kind).where(
                         files.c.id == file_id, files.c.workspace == workspace
                     )
                 ).one_or_none()
-                if row is None or row.content is not None:
-                    return None if row is None else bytes(row.content)
-                return _batch_lines(conn, row.batch_seq, row.kind)
+                if row is None:
+                    return None
+                record = FileRecord(*row[: len(_FILE_COLUMNS)])
+                batch_seq, kind = row.batch_seq, row.kind
+                if batch_seq is None:
+                    # A file migrated from before chunks may be one longer chunk: reads past it find nothing.
+                    count = -(-record.bytes // FILE_CHUNK_BYTES)
+                    return record, [
+                        functools.partial(self._chunk_range, record.seq, low, low + _CHUNKS_PER_READ - 1)
+                        for low in range(0, count, _CHUNKS_PER_READ)
+                    ]
+                first, last = conn.execute(
+                    select(batches.c.first_request_id, batches.c.last_request_id).where(batches.c.seq == batch_seq)
+                ).one()
+            if first is None or last is None:
+                return None  # archived
+            return record, [
+                functools.partial(self._lines_range, batch_seq, kind, low, min(low + _OUTCOME_CHUNK - 1, last))
+                for low in range(first, last + 1, _OUTCOME_CHUNK)
+            ]
 
-        return await self.store.run_read(get)
+        found = await self.store.run_read(locate)
+        if found is None:
+            return None
+        record, reads = found
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in self.store._read_ahead(reads):
+                if chunk:  # an empty one would end a chunked HTTP body early
+                    yield chunk
+
+        return record, chunks()
+
+    def _chunk_range(self, file_seq: int, low: int, high: int) -> bytes:
+        with self.engine.connect() as conn:
+            return b"".join(
+                bytes(data)
+                for data in conn.execute(
+                    select(file_chunks.c.data)
+                    .where(file_chunks.c.file_seq == file_seq, file_chunks.c.idx.between(low, high))
+                    .order_by(file_chunks.c.idx)
+                ).scalars()
+            )
+
+    def _lines_range(self, seq: int, kind: str, low: int, high: int) -> bytes:
+        with self.engine.connect() as conn:
+            return _batch_lines(conn, seq, kind, low, high)
+
+    def input_chunks(self, workspace: str, file_id: str) -> Iterator[bytes]:
+        """An uploaded file's bytes, chunk by chunk, each read on a connection of its own (blocking: for a
+        thread that reads a whole file, not the store's pools). Nothing, if there is no such file."""
+        with self.engine.connect() as conn:
+            seq = _file_seq(conn, workspace, file_id)
+        if seq is not None:
+            idx = 0
+            while True:
+                with self.engine.connect() as conn:
+                    rows = _chunks_from(conn, seq, idx)
+                if not rows:
+                    return
+                for _, data in rows:
+                    yield bytes(data)
+                idx = rows[-1][0] + 1
 
     async def list_files(
         self, workspace: str, *, purpose: str | None, limit: int, after_id: str | None, ascending: bool
@@ -128,6 +225,7 @@ class OpenAIStore:
     async def delete_file(self, workspace: str, file_id: str) -> bool:
         def delete() -> bool:
             with self.engine.begin() as conn:
+                self.store._begin_write(conn)
                 return bool(
                     conn.execute(files.delete().where(files.c.id == file_id, files.c.workspace == workspace)).rowcount
                 )
@@ -136,40 +234,19 @@ class OpenAIStore:
 
     # --- batches ------------------------------------------------------------------------------
 
-    async def insert_failed_batch(self, record: OpenAIBatchRecord) -> OpenAIBatchRecord:
-        """A batch whose input file failed validation: never run, only its errors kept."""
+    async def insert_batch(self, record: OpenAIBatchRecord) -> OpenAIBatchRecord:
+        """A new batch's row: validating (a validator will claim it), or failed at once."""
 
         def insert() -> OpenAIBatchRecord:
             with self.engine.begin() as conn:
-                _insert_openai(conn, record)
-            return record
+                values = msgspec.structs.asdict(record)
+                del values["seq"], values["batch"]
+                seq = conn.execute(
+                    openai_batches.insert().values(**values).returning(openai_batches.c.seq)
+                ).scalar_one()
+            return msgspec.structs.replace(record, seq=seq)
 
         return await self.store.run_write(insert)
-
-    async def insert_batch(
-        self,
-        record: OpenAIBatchRecord,
-        items: Sequence[tuple[str, Any]],
-        *,
-        expires_at: int,
-        max_queued_requests: int,
-    ) -> OpenAIBatchRecord:
-        """The engine's batch (format `openai`) and this API's row for it, in one transaction."""
-
-        def also(conn: Connection, seq: int) -> None:
-            _insert_openai(conn, msgspec.structs.replace(record, batch_seq=seq))
-
-        engine_record = await self.store.insert_batch(
-            batch_id=record.id,
-            workspace=record.workspace,
-            created_at=record.created_at,
-            expires_at=expires_at,
-            items=items,
-            max_queued_requests=max_queued_requests,
-            format=OPENAI,
-            also=also,
-        )
-        return msgspec.structs.replace(record, batch_seq=engine_record.seq, batch=engine_record)
 
     async def get_batch(self, workspace: str, batch_id: str) -> OpenAIBatchRecord | None:
         def get() -> OpenAIBatchRecord | None:
@@ -204,6 +281,185 @@ class OpenAIStore:
 
         return await self.store.run_read(page)
 
+    async def cancel_validating(self, seq: int, now: int) -> bool:
+        """Cancel a batch that is still validating: it never runs (False: it was no longer validating, and
+        nothing changed). A validator that had claimed it then fails its own compare-and-set."""
+
+        def cancel() -> bool:
+            with self.engine.begin() as conn:
+                self.store._begin_write(conn)
+                ob = openai_batches.c
+                return bool(
+                    conn.execute(
+                        update(openai_batches)
+                        .where(ob.seq == seq, VALIDATING)
+                        .values(cancelled_at=now, validation_owner=None, validation_expires_at=None)
+                    ).rowcount
+                )
+
+        return await self.store.run_write(cancel)
+
+    # --- validation: the validators' operations ----------------------------------------------
+
+    async def claim_validation(self, *, owner: str, now: int, lease_until: int) -> OpenAIBatchRecord | None:
+        """Claim the oldest validating batch that no one holds an unlapsed claim on, until `lease_until`.
+
+        One guarded statement (on PostgreSQL a row another node is claiming is skipped), so two validators
+        never hold the same batch; a claim whose holder died lapses and is anyone's."""
+        ob = openai_batches.c
+        claimable = and_(VALIDATING, or_(ob.validation_expires_at.is_(None), ob.validation_expires_at < now))
+        picked = (
+            select(ob.seq).where(claimable).order_by(ob.seq).limit(1).with_for_update(skip_locked=True)
+        ).scalar_subquery()
+
+        def claim() -> OpenAIBatchRecord | None:
+            with self.engine.begin() as conn:
+                self.store._begin_write(conn)
+                row = conn.execute(
+                    update(openai_batches)
+                    .where(ob.seq == picked, claimable)
+                    .values(validation_owner=owner, validation_expires_at=lease_until)
+                    .returning(*_OPENAI_COLUMNS)
+                ).one_or_none()
+            return None if row is None else _openai_record(row)
+
+        return await self.store.run_write(claim)
+
+    async def renew_validation(self, seq: int, *, owner: str, lease_until: int) -> bool:
+        """Extend this owner's claim; False if it no longer holds one (cancelled, or lapsed and taken)."""
+
+        def renew() -> bool:
+            with self.engine.begin() as conn:
+                self.store._begin_write(conn)
+                return bool(
+                    conn.execute(
+                        update(openai_batches).where(_holds_claim(seq, owner)).values(validation_expires_at=lease_until)
+                    ).rowcount
+                )
+
+        return await self.store.run_write(renew)
+
+    async def release_validations(self, seqs: Sequence[int] = (), *, owner: str | None) -> int:
+        """Hand claims back (shutdown, a database hiccup): these seqs of `owner`'s, or, with `owner` None,
+        every claim — only for a `single_process` store at start, when no other validator can exist."""
+        ob = openai_batches.c
+        assert owner is not None or self.store.single_process, "other nodes may hold live claims"
+
+        def release() -> int:
+            which = and_(VALIDATING, ob.validation_owner.is_not(None))
+            if owner is not None:
+                which = and_(which, ob.validation_owner == owner, ob.seq.in_(list(seqs)))
+            with self.engine.begin() as conn:
+                self.store._begin_write(conn)
+                return int(
+                    conn.execute(
+                        update(openai_batches).where(which).values(validation_owner=None, validation_expires_at=None)
+                    ).rowcount
+                )
+
+        return await self.store.run_write(release)
+
+    async def fail_validation(self, seq: int, *, owner: str, errors: bytes, now: int) -> bool:
+        """Fail a batch whose file is invalid, if this owner still holds its claim (else nothing changes)."""
+
+        def fail() -> bool:
+            with self.engine.begin() as conn:
+                self.store._begin_write(conn)
+                return bool(
+                    conn.execute(
+                        update(openai_batches)
+                        .where(_holds_claim(seq, owner))
+                        .values(failed_at=now, errors=errors, validation_owner=None, validation_expires_at=None)
+                    ).rowcount
+                )
+
+        return await self.store.run_write(fail)
+
+    async def start_validated(
+        self,
+        record: OpenAIBatchRecord,
+        *,
+        owner: str,
+        total: int,
+        item_groups: ItemGroups,
+        now: int,
+        max_queued_requests: int,
+    ) -> BatchRecord | None:
+        """Enqueue a validated batch's requests as an engine batch (format `openai`) and link it, in one
+        transaction, if this owner still holds its claim: exactly once, whatever other validators, cancels
+        and crashes do. None: the claim was lost (cancelled, or lapsed and taken), nothing changed.
+
+        The requests are read again from the file's chunks in this transaction (`item_groups`), a group at
+        a time, never all at once. Raises `InputFileGoneError` (the file was deleted since), or
+        `QueueFullError` (the workspace's queue is full); nothing is stored then either.
+        """
+        assert record.expires_at is not None
+
+        def start() -> BatchRecord | None:
+            with self.engine.begin() as conn:
+                self.store._begin_write(conn)
+                # The compare-and-set first: on PostgreSQL it also locks the row against a cancel.
+                mine = conn.execute(
+                    update(openai_batches).where(_holds_claim(record.seq, owner)).values(validation_owner=owner)
+                ).rowcount
+                if not mine:
+                    conn.rollback()
+                    return None
+                # A shared lock: the file cannot be deleted under the reads below.
+                file_seq = conn.execute(
+                    select(files.c.seq)
+                    .where(files.c.id == record.input_file_id, files.c.workspace == record.workspace)
+                    .with_for_update(read=True)
+                ).scalar_one_or_none()
+                if file_seq is None:
+                    raise InputFileGoneError(record.input_file_id)
+                if max_queued_requests:
+                    self.store._lock_workspace(conn, record.workspace)
+                    queued = conn.execute(
+                        select(batches.c.processing).where(batches.c.workspace == record.workspace, UNFINISHED)
+                    ).scalars()
+                    if sum(queued) + total > max_queued_requests:
+                        raise QueueFullError(max_queued_requests)
+                seq = conn.execute(
+                    batches.insert()
+                    .values(
+                        id=record.id,
+                        workspace=record.workspace,
+                        status=IN_PROGRESS,
+                        total=total,
+                        processing=total,
+                        created_at=now,
+                        expires_at=record.expires_at,
+                        format=OPENAI,
+                    )
+                    .returning(batches.c.seq)
+                ).scalar_one()
+                first_id: int | None = None
+                last_id: int | None = None
+                inserted = 0
+                for group in item_groups(_chunks_in(conn, file_seq)):
+                    low, last_id = self.store._insert_requests(conn, seq, group)
+                    first_id = low if first_id is None else first_id
+                    inserted += len(group)
+                if inserted != total:  # the file cannot change; this would be a bug, so store nothing
+                    raise RuntimeError(f"batch {record.id}: {inserted} requests enqueued, {total} validated")
+                conn.execute(
+                    update(batches)
+                    .where(batches.c.seq == seq)
+                    .values(first_request_id=first_id, last_request_id=last_id)
+                )
+                conn.execute(
+                    update(openai_batches)
+                    .where(openai_batches.c.seq == record.seq)
+                    .values(batch_seq=seq, model=record.model, validation_owner=None, validation_expires_at=None)
+                )
+                self.store._notify(conn)
+                return _one_batch(conn, seq)
+
+        return await self.store.run_write(start)
+
+    # --- ended batches ------------------------------------------------------------------------
+
     async def finalize(
         self,
         record: OpenAIBatchRecord,
@@ -215,9 +471,9 @@ class OpenAIStore:
         it first, and nothing changed).
 
         The files are rows naming the batch and a kind, not copies: their lines stay in `requests`. The
-        requests that never ran get their lines (`render(custom_id, state)`) stored here, so that both
-        files are plain reads of stored lines. `make_file(kind, size)` names a file of `kind`
-        (`output`, `error`); an empty one is not made.
+        requests that never ran get their lines (`render(custom_id, state)`) stored here, a few thousand
+        at a time, so that both files are plain reads of stored lines. `make_file(kind, size)` names a
+        file of `kind` (`output`, `error`); an empty one is not made.
         """
         assert record.batch is not None
         seq = record.batch.seq
@@ -233,18 +489,25 @@ class OpenAIStore:
                 if not moved:
                     conn.rollback()
                     return False
-                never_ran = conn.execute(
-                    select(requests.c.id, requests.c.custom_id, requests.c.state).where(
-                        requests.c.batch_seq == seq, requests.c.state.in_(NEVER_RAN), requests.c.result.is_(None)
-                    )
-                ).all()
-                if never_ran:
-                    conn.execute(
-                        update(requests)
-                        .where(requests.c.id == bindparam("request_id"))
-                        .values(result=bindparam("line")),
-                        [{"request_id": rid, "line": render(cid, state)} for rid, cid, state in never_ran],
-                    )
+                first, last = conn.execute(
+                    select(batches.c.first_request_id, batches.c.last_request_id).where(batches.c.seq == seq)
+                ).one()
+                for low in range(first or 0, (last or -1) + 1, _OUTCOME_CHUNK):
+                    never_ran = conn.execute(
+                        select(requests.c.id, requests.c.custom_id, requests.c.state).where(
+                            requests.c.id.between(low, low + _OUTCOME_CHUNK - 1),
+                            requests.c.batch_seq == seq,
+                            requests.c.state.in_(NEVER_RAN),
+                            requests.c.result.is_(None),
+                        )
+                    ).all()
+                    if never_ran:
+                        conn.execute(
+                            update(requests)
+                            .where(requests.c.id == bindparam("request_id"))
+                            .values(result=bindparam("line")),
+                            [{"request_id": rid, "line": render(cid, state)} for rid, cid, state in never_ran],
+                        )
                 by_state = conn.execute(
                     select(requests.c.state, func.coalesce(func.sum(func.length(requests.c.result)), 0))
                     .where(requests.c.batch_seq == seq)
@@ -268,14 +531,41 @@ class OpenAIStore:
         return await self.store.run_write(write)
 
 
-def _insert_openai(conn: Connection, record: OpenAIBatchRecord) -> None:
-    values = msgspec.structs.asdict(record)
-    del values["seq"], values["batch"]
-    conn.execute(openai_batches.insert().values(**values))
+def _holds_claim(seq: int, owner: str) -> Any:
+    """The batch is still validating and `owner` holds the claim on it (a compare-and-set)."""
+    return and_(openai_batches.c.seq == seq, VALIDATING, openai_batches.c.validation_owner == owner)
+
+
+def _file_seq(conn: Connection, workspace: str, file_id: str) -> int | None:
+    seq = conn.execute(
+        select(files.c.seq).where(files.c.id == file_id, files.c.workspace == workspace)
+    ).scalar_one_or_none()
+    return None if seq is None else int(seq)
+
+
+def _chunks_from(conn: Connection, file_seq: int, idx: int) -> list[Any]:
+    """The next few (idx, data) chunks of a file from `idx` on."""
+    return list(
+        conn.execute(
+            select(file_chunks.c.idx, file_chunks.c.data)
+            .where(file_chunks.c.file_seq == file_seq, file_chunks.c.idx >= idx)
+            .order_by(file_chunks.c.idx)
+            .limit(_CHUNKS_PER_READ)
+        ).all()
+    )
+
+
+def _chunks_in(conn: Connection, file_seq: int) -> Iterator[bytes]:
+    """A file's bytes chunk by chunk, read in `conn`'s transaction."""
+    idx = 0
+    while rows := _chunks_from(conn, file_seq, idx):
+        for _, data in rows:
+            yield bytes(data)
+        idx = rows[-1][0] + 1
 
 
 def _with_engine_rows(conn: Connection, query: Any) -> list[OpenAIBatchRecord]:
-    rows = [OpenAIBatchRecord(*row) for row in conn.execute(query).all()]
+    rows = [_openai_record(row) for row in conn.execute(query).all()]
     seqs = [row.batch_seq for row in rows if row.batch_seq is not None]
     engine_rows = {
         row.seq: BatchRecord(**row._mapping)
@@ -287,31 +577,18 @@ def _with_engine_rows(conn: Connection, query: Any) -> list[OpenAIBatchRecord]:
     ]
 
 
-def _batch_lines(conn: Connection, seq: int, kind: str) -> bytes | None:
-    """An output (`kind` output) or error file's lines, read from its batch's requests in id order."""
-    first, last = conn.execute(
-        select(batches.c.first_request_id, batches.c.last_request_id).where(batches.c.seq == seq)
-    ).one()
-    if first is None or last is None:
-        return None  # archived
-    wanted = requests.c.state == SUCCEEDED if kind == "output" else requests.c.state != SUCCEEDED
-    parts: list[bytes] = []
+def _batch_lines(conn: Connection, seq: int, kind: str, low: int, high: int) -> bytes:
+    """The lines of an output (`kind` output) or error file whose requests have ids in [low, high]."""
     if conn.dialect.name == "sqlite":
-        # SQLite joins each chunk's lines itself, in C, scanning by id (as the Anthropic results do).
-        sql = _SQLITE_OUTPUT_CHUNK if kind == "output" else _SQLITE_ERROR_CHUNK
+        # SQLite joins the lines itself, in C, scanning by id (as the Anthropic results do).
         cursor = Store._driver_cursor(conn)
-        for low in range(first, last + 1, _OUTCOME_CHUNK):
-            cursor.execute(sql, (low, min(low + _OUTCOME_CHUNK - 1, last), seq))
-            parts.append(cursor.fetchone()[0] or b"")
-        return b"".join(parts)
-    for low in range(first, last + 1, _OUTCOME_CHUNK):
-        parts.extend(
-            conn.execute(
-                select(requests.c.result)
-                .where(
-                    requests.c.id.between(low, min(low + _OUTCOME_CHUNK - 1, last)), requests.c.batch_seq == seq, wanted
-                )
-                .order_by(requests.c.id)
-            ).scalars()
-        )
-    return b"".join(parts)
+        cursor.execute(_SQLITE_OUTPUT_CHUNK if kind == "output" else _SQLITE_ERROR_CHUNK, (low, high, seq))
+        return bytes(cursor.fetchone()[0] or b"")
+    wanted = requests.c.state == SUCCEEDED if kind == "output" else requests.c.state != SUCCEEDED
+    return b"".join(
+        conn.execute(
+            select(requests.c.result)
+            .where(requests.c.id.between(low, high), requests.c.batch_seq == seq, wanted)
+            .order_by(requests.c.id)
+        ).scalars()
+    )

@@ -128,16 +128,31 @@ files = Table(
     Column("bytes", BigInteger, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=True),
-    # An uploaded file's bytes; NULL for a batch's output or error file, whose lines are read from the
-    # batch's requests (`batch_seq`; `kind` output: the succeeded ones, error: the rest), not copied.
-    Column("content", LargeBinary, nullable=True),
+    # An uploaded file's bytes are in `file_chunks`; a batch's output or error file has none: its lines
+    # are read from the batch's requests (`batch_seq`; `kind` output: the succeeded ones, error: the
+    # rest), not copied.
     Column("batch_seq", _Id, ForeignKey("batches.seq", ondelete="CASCADE"), nullable=True),
     Column("kind", String(8), nullable=True),
     Index("ix_files_workspace_seq", "workspace", "seq"),
 )
 
-# What the OpenAI Batches API knows of a batch beyond the engine's `batches` row (`batch_seq`; NULL for
-# one that failed validation and never ran). Times in microseconds, like `batches`.
+# An uploaded file's bytes, in pieces of `FILE_CHUNK_BYTES` (the last one shorter), so that neither an
+# upload nor a download nor a validation ever holds a whole file in memory.
+file_chunks = Table(
+    "file_chunks",
+    metadata,
+    Column("file_seq", _Id, ForeignKey("files.seq", ondelete="CASCADE"), primary_key=True),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
+)
+FILE_CHUNK_BYTES = 1 << 20
+
+# OpenAI batches still `validating` (no engine batch, not failed, not cancelled): what validators poll.
+VALIDATING = text("batch_seq IS NULL AND failed_at IS NULL AND cancelled_at IS NULL")
+
+# What the OpenAI Batches API knows of a batch beyond the engine's `batches` row (`batch_seq`; NULL while
+# it is validating, and for one that failed validation or was cancelled then, and never ran). Times in
+# microseconds, like `batches`.
 openai_batches = Table(
     "openai_batches",
     metadata,
@@ -156,5 +171,11 @@ openai_batches = Table(
     Column("finalized_at", BigInteger, nullable=True),  # output and error files written
     Column("output_file_id", String(40), nullable=True),
     Column("error_file_id", String(40), nullable=True),
+    Column("expires_at", BigInteger, nullable=True),  # NULL: older rows (the engine's row has it)
+    Column("cancelled_at", BigInteger, nullable=True),  # cancelled while validating
+    # A validator's claim on a validating batch: whoever holds an unlapsed one validates and enqueues it.
+    Column("validation_owner", String(128), nullable=True),
+    Column("validation_expires_at", BigInteger, nullable=True),
     Index("ix_openai_batches_workspace_seq", "workspace", "seq"),
+    Index("ix_openai_batches_validating", "seq", sqlite_where=VALIDATING, postgresql_where=VALIDATING),
 )

@@ -1,0 +1,253 @@
+"""Validating OpenAI batches in the background, on every node that runs the engine.
+
+`POST /v1/batches` only stores a `validating` row. A validator claims it (a lease on the row, renewed
+while it works; a claim whose holder died lapses and is anyone's), checks the input file line by line
+from its stored chunks (pass one, on a thread of its own, holding nothing but the custom_ids), then
+enqueues the requests, read from the chunks again, as an engine batch, in one transaction that first
+compare-and-sets the claim (pass two). So a batch is enqueued exactly once whatever crashes, cancels
+and other validators do, and a file of any size is checked and enqueued in the memory of a few chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+
+from overnight.config import Settings
+from overnight.openai_api.input_file import InputChecker, batch_error, split_lines
+from overnight.store import QueueFullError, StoreUnavailableError
+from overnight.store.openai import InputFileGoneError, OpenAIBatchRecord, OpenAIStore
+from overnight.store.records import BatchRecord
+from overnight.timestamps import MICROS, now_micros
+
+logger = logging.getLogger(__name__)
+
+_CONCURRENT_VALIDATIONS = 2
+_POLL_SECONDS = 0.25  # how soon a batch created on another node is picked up (no wake-up reaches us)
+_GROUP_ITEMS = 2000
+_GROUP_BYTES = 8 * 1024 * 1024
+_STOP_SECONDS = 5.0
+
+
+class _Aborted(Exception):
+    """The claim was lost (cancelled, lapsed) or the node is stopping: drop the work, store nothing."""
+
+
+def file_not_found(file_id: str) -> dict[str, Any]:
+    return batch_error("invalid_request", f"Cannot find file {file_id}.", param="file_id")
+
+
+class Validator:
+    """Claims validating batches, at most `_CONCURRENT_VALIDATIONS` at once, and takes each to
+    `in_progress` (`on_started` is told of the engine batch) or `failed`."""
+
+    def __init__(
+        self,
+        store: OpenAIStore,
+        settings: Settings,
+        *,
+        model_is_served: Callable[[str], bool],
+        on_started: Callable[[BatchRecord], None],
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.model_is_served = model_is_served
+        self.on_started = on_started
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}:validate"
+        self.lease_seconds = settings.lease_seconds
+        self._pool = ThreadPoolExecutor(_CONCURRENT_VALIDATIONS, thread_name_prefix="openai-validate")
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._running: dict[int, tuple[asyncio.Task[None], threading.Event]] = {}
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.store.store.single_process:
+            # Only this process uses this database: every claim was left by a crash.
+            released = await self.store.release_validations(owner=None)
+            if released:
+                logger.info("%d batches left validating by a previous process will be validated again", released)
+        self._loop_task = asyncio.create_task(self._run(), name="openai-validator")
+
+    async def stop(self) -> None:
+        """Stop claiming, drop the validations under way and hand their claims back."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        running = dict(self._running)
+        for task, abort in running.values():
+            abort.set()
+            task.cancel()
+        if running:
+            await asyncio.wait([task for task, _ in running.values()], timeout=_STOP_SECONDS)
+            try:
+                await self.store.release_validations(list(running), owner=self.owner)
+            except Exception as exc:  # the claims lapse by themselves
+                logger.warning("could not hand back validation claims (%s)", exc)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def wake(self) -> None:
+        """A batch was created here: claim it now rather than at the next poll."""
+        self._wake.set()
+
+    # --- claiming --------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                while len(self._running) < _CONCURRENT_VALIDATIONS:
+                    now = now_micros()
+                    record = await self.store.claim_validation(
+                        owner=self.owner, now=now, lease_until=now + int(self.lease_seconds * MICROS)
+                    )
+                    if record is None:
+                        break
+                    abort = threading.Event()
+                    task = asyncio.create_task(self._validate(record, abort), name=f"openai-validate-{record.id}")
+                    self._running[record.seq] = (task, abort)
+                    task.add_done_callback(functools.partial(self._finished, record.seq))
+            except StoreUnavailableError as exc:
+                logger.warning("claiming batches to validate failed, the database is unavailable (%s)", exc)
+            except Exception:
+                logger.exception("claiming batches to validate failed; trying again shortly")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _POLL_SECONDS)
+
+    def _finished(self, seq: int, _: object) -> None:
+        self._running.pop(seq, None)
+        self._wake.set()
+
+    # --- one batch -----------------------------------------------------------------------------
+
+    async def _validate(self, record: OpenAIBatchRecord, abort: threading.Event) -> None:
+        renewing = asyncio.create_task(self._renew(record.seq, abort))
+        try:
+            await self._validate_claimed(record, abort)
+        except (_Aborted, asyncio.CancelledError):
+            logger.info("validation of batch %s stopped (cancelled, claim lost or shutting down)", record.id)
+        except StoreUnavailableError as exc:
+            logger.warning("validating batch %s failed, the database is unavailable (%s); will retry", record.id, exc)
+            await self._release(record)
+        except Exception:
+            logger.exception("validating batch %s failed", record.id)
+            error = batch_error("validation_error", "The input file could not be validated (server error).")
+            try:
+                await self._fail(record, [error])
+            except Exception as exc:  # the claim lapses; another try then
+                logger.warning("could not fail batch %s (%s)", record.id, exc)
+        finally:
+            renewing.cancel()
+
+    async def _validate_claimed(self, record: OpenAIBatchRecord, abort: threading.Event) -> None:
+        if self.settings.openai_validation_hold_seconds:  # tests: a validation that takes this long
+            await asyncio.sleep(self.settings.openai_validation_hold_seconds)
+        if await self.store.get_file(record.workspace, record.input_file_id) is None:
+            await self._fail(record, [file_not_found(record.input_file_id)])
+            return
+        loop = asyncio.get_running_loop()
+        checker = await loop.run_in_executor(self._pool, self._check, record, abort)
+        if abort.is_set():
+            raise _Aborted()
+        if checker.errors:
+            await self._fail(record, checker.errors)
+            return
+        try:
+            batch = await self.store.start_validated(
+                msgspec.structs.replace(record, model=checker.model),
+                owner=self.owner,
+                total=checker.total,
+                item_groups=lambda chunks: self._groups(record, chunks),
+                now=now_micros(),
+                max_queued_requests=self.settings.max_queued_requests,
+            )
+        except InputFileGoneError:
+            await self._fail(record, [file_not_found(record.input_file_id)])
+            return
+        except QueueFullError as exc:
+            message = (
+                f"Enqueued request limit reached for this workspace: at most {exc.limit} requests may wait. "
+                "Try again once some in_progress batches have completed."
+            )
+            await self._fail(record, [batch_error("request_limit_exceeded", message)])
+            return
+        if batch is None:
+            raise _Aborted()
+        logger.info("batch %s validated: %d requests in progress", record.id, batch.total)
+        self.on_started(batch)
+
+    def _checker(self, record: OpenAIBatchRecord) -> InputChecker:
+        return InputChecker(
+            endpoint=record.endpoint,
+            max_lines=self.settings.openai_max_file_lines,
+            model_is_served=self.model_is_served,
+        )
+
+    def _check(self, record: OpenAIBatchRecord, abort: threading.Event) -> InputChecker:
+        """Pass one (on a validation thread): every line checked, nothing kept but what the checker needs."""
+        checker = self._checker(record)
+        chunks = _until(abort, self.store.input_chunks(record.workspace, record.input_file_id))
+        for _ in checker.items(split_lines(chunks)):
+            pass
+        return checker
+
+    def _groups(self, record: OpenAIBatchRecord, chunks: Iterator[bytes]) -> Iterator[Sequence[tuple[str, Any]]]:
+        """Pass two (in the enqueueing transaction): the valid lines' requests, a bounded group at a time."""
+        checker = self._checker(record)
+        group: list[tuple[str, Any]] = []
+        size = 0
+        for item in checker.items(split_lines(chunks)):
+            group.append(item)
+            size += len(item[1])
+            if len(group) >= _GROUP_ITEMS or size >= _GROUP_BYTES:
+                yield group
+                group, size = [], 0
+        if group:
+            yield group
+        if checker.errors:  # it passed a moment ago, and files never change: store nothing
+            raise RuntimeError(f"batch {record.id}: the input file no longer validates: {checker.errors[:1]}")
+
+    async def _renew(self, seq: int, abort: threading.Event) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                held = await self.store.renew_validation(
+                    seq, owner=self.owner, lease_until=now_micros() + int(self.lease_seconds * MICROS)
+                )
+            except Exception as exc:  # keep trying: the claim is good until it lapses
+                logger.warning("renewing a validation claim failed (%s)", exc)
+                continue
+            if not held:
+                abort.set()
+                return
+
+    async def _fail(self, record: OpenAIBatchRecord, errors: list[dict[str, Any]]) -> None:
+        if await self.store.fail_validation(
+            record.seq, owner=self.owner, errors=msgspec.json.encode(errors), now=now_micros()
+        ):
+            logger.info("batch %s failed validation (%s)", record.id, errors[0]["code"])
+
+    async def _release(self, record: OpenAIBatchRecord) -> None:
+        try:
+            await self.store.release_validations([record.seq], owner=self.owner)
+        except Exception as exc:  # it lapses by itself
+            logger.warning("could not hand back the claim on batch %s (%s)", record.id, exc)
+
+
+def _until(abort: threading.Event, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    for chunk in chunks:
+        if abort.is_set():
+            raise _Aborted()
+        yield chunk
