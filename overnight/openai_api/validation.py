@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 _CONCURRENT_VALIDATIONS = 2
 _POLL_SECONDS = 0.25  # how soon a batch created on another node is picked up (no wake-up reaches us)
-_GROUP_ITEMS = 2000
-_GROUP_BYTES = 8 * 1024 * 1024
+_GROUP_ITEMS = 1000
+_GROUP_BYTES = 4 * 1024 * 1024
 _STOP_SECONDS = 5.0
 
 

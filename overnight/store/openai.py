@@ -4,6 +4,7 @@ Portable SQL, run on the store's threads."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import IO, Any, TypeVar
@@ -103,7 +104,7 @@ class OpenAIStore:
 
         def insert() -> FileRecord:
             content.seek(0)
-            with self.engine.begin() as conn:
+            with self.engine.begin() as conn, _small_cache(conn):
                 self.store._begin_write(conn)
                 values = msgspec.structs.asdict(record)
                 del values["seq"]
@@ -142,8 +143,10 @@ class OpenAIStore:
                 record = FileRecord(*row[: len(_FILE_COLUMNS)])
                 batch_seq, kind = row.batch_seq, row.kind
                 if batch_seq is None:
-                    # A file migrated from before chunks may be one longer chunk: reads past it find nothing.
-                    count = -(-record.bytes // FILE_CHUNK_BYTES)
+                    last_idx = conn.execute(
+                        select(func.max(file_chunks.c.idx)).where(file_chunks.c.file_seq == record.seq)
+                    ).scalar_one_or_none()
+                    count = 0 if last_idx is None else int(last_idx) + 1
                     return record, [
                         functools.partial(self._chunk_range, record.seq, low, low + _CHUNKS_PER_READ - 1)
                         for low in range(0, count, _CHUNKS_PER_READ)
@@ -171,7 +174,7 @@ class OpenAIStore:
         return record, chunks()
 
     def _chunk_range(self, file_seq: int, low: int, high: int) -> bytes:
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, _small_cache(conn):
             return b"".join(
                 bytes(data)
                 for data in conn.execute(
@@ -193,7 +196,7 @@ class OpenAIStore:
         if seq is not None:
             idx = 0
             while True:
-                with self.engine.connect() as conn:
+                with self.engine.connect() as conn, _small_cache(conn):
                     rows = _chunks_from(conn, seq, idx)
                 if not rows:
                     return
@@ -541,6 +544,23 @@ def _file_seq(conn: Connection, workspace: str, file_id: str) -> int | None:
         select(files.c.seq).where(files.c.id == file_id, files.c.workspace == workspace)
     ).scalar_one_or_none()
     return None if seq is None else int(seq)
+
+
+@contextlib.contextmanager
+def _small_cache(conn: Connection) -> Iterator[None]:
+    """On SQLite, a small page cache on this connection while it moves a file's chunks: they are read
+    once, and would otherwise fill each pooled connection's whole cache (16 MiB) with pages of no use."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    cursor = Store._driver_cursor(conn)
+    cursor.execute("PRAGMA cache_size")
+    (size,) = cursor.fetchone()
+    cursor.execute("PRAGMA cache_size=-1024")
+    try:
+        yield
+    finally:
+        Store._driver_cursor(conn).execute(f"PRAGMA cache_size={int(size)}")
 
 
 def _chunks_from(conn: Connection, file_seq: int, idx: int) -> list[Any]:

@@ -136,8 +136,8 @@ files = Table(
     Index("ix_files_workspace_seq", "workspace", "seq"),
 )
 
-# An uploaded file's bytes, in pieces of `FILE_CHUNK_BYTES` (the last one shorter), so that neither an
-# upload nor a download nor a validation ever holds a whole file in memory.
+# An uploaded file's bytes, in pieces (of `FILE_CHUNK_BYTES` when written; readers take any size), so
+# that neither an upload nor a download nor a validation ever holds a whole file in memory.
 file_chunks = Table(
     "file_chunks",
     metadata,
@@ -145,7 +145,7 @@ file_chunks = Table(
     Column("idx", Integer, primary_key=True, autoincrement=False),
     Column("data", LargeBinary, nullable=False),
 )
-FILE_CHUNK_BYTES = 1 << 20
+FILE_CHUNK_BYTES = 256 * 1024  # small enough that a few in flight (and the drivers' buffers) stay small
 
 # OpenAI batches still `validating` (no engine batch, not failed, not cancelled): what validators poll.
 VALIDATING = text("batch_seq IS NULL AND failed_at IS NULL AND cancelled_at IS NULL")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,20 @@ def test_upload_retrieve_content_delete(client: openai.OpenAI) -> None:
         client.files.delete(uploaded.id)
 
 
+def test_expires_after_sets_the_files_lifetime(client: openai.OpenAI) -> None:
+    uploaded = client.files.create(
+        file=("short.jsonl", jsonl([line("a", "x")])),
+        purpose="batch",
+        expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    assert uploaded.expires_at == uploaded.created_at + 3600
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.files.create(
+            file=("short.jsonl", b"{}\n"), purpose="batch", expires_after={"anchor": "created_at", "seconds": 60}
+        )
+    assert caught.value.param == "expires_after.seconds"
+
+
 def test_list_pages_newest_first_and_honours_after(client: openai.OpenAI) -> None:
     ids = [client.files.create(file=(f"f{i}.jsonl", jsonl([line("a", str(i))])), purpose="batch").id for i in range(5)]
     first = client.files.list(limit=2)
@@ -100,6 +115,59 @@ def test_not_multipart_is_a_400(server: ServerProcess) -> None:
     assert response.status_code == 400
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     assert response.headers["x-request-id"].startswith("req_")
+
+
+def _multipart() -> tuple[bytes, bytes, str]:
+    """A multipart upload's opening (boundary, part headers), closing and content type."""
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    return head, f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_declared_oversized_upload_is_a_413_at_once(server: ServerProcess) -> None:
+    head, tail, content_type = _multipart()
+    started = time.monotonic()
+    response = httpx.post(
+        f"{server.base_url}/v1/files",
+        content=head + b"x" * (8 << 20) + tail,
+        headers={"authorization": f"Bearer {KEY}", "content-type": content_type},
+        timeout=30,
+    )
+    assert response.status_code == 413 and time.monotonic() - started < 3
+    assert response.json()["error"]["message"] == "File is too large."
+
+
+def test_a_streamed_oversized_upload_is_refused_without_reading_it_all(server: ServerProcess) -> None:
+    head, tail, content_type = _multipart()
+
+    def body() -> Iterator[bytes]:  # no content-length: the server learns the size as it reads
+        yield head
+        for _ in range(64):
+            yield b"x" * 65536
+        yield tail
+
+    response = httpx.post(
+        f"{server.base_url}/v1/files",
+        content=body(),
+        headers={"authorization": f"Bearer {KEY}", "content-type": content_type},
+        timeout=30,
+    )
+    assert response.status_code == 400 and response.json()["error"]["message"] == "File is too large."
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_malformed_multipart_body_is_a_400(server: ServerProcess) -> None:
+    response = httpx.post(
+        f"{server.base_url}/v1/files",
+        content=b"--x\r\nno headers end",
+        headers={"authorization": f"Bearer {KEY}", "content-type": "multipart/form-data; boundary=x"},
+    )
+    assert response.status_code == 400, response.text
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_files_survive_a_restart(tmp_path: Path) -> None:
