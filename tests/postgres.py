@@ -6,7 +6,7 @@ had (no PostgreSQL and no root to install it), those tests skip and say why — 
 where they must run.
 
 `OVERNIGHT_TEST_STORE=postgresql` runs every test server on PostgreSQL instead of SQLite (scripts/test
-runs the API suite a second time that way).
+runs the API suites, tests/api and tests/openai, a second time that way).
 """
 
 from __future__ import annotations
