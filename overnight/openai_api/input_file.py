@@ -112,6 +112,17 @@ class InputChecker:
         return custom_id, line.body
 
 
+def checked_items(lines: Iterable[bytes | None]) -> Iterator[tuple[str, msgspec.Raw]]:
+    """The (custom_id, body) of each line of a file an `InputChecker` has already passed (every
+    non-blank line valid): only decoded again, not checked again."""
+    for raw in lines:
+        if raw is None:
+            raise ValueError("an overlong line in a file that passed its checks")
+        if raw.strip():
+            line = _decode_line(raw)
+            yield line.custom_id, line.body
+
+
 def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
     """A file's lines (without their `\n`), from its bytes in chunks of any size; `None` stands for a
     line longer than `MAX_LINE_BYTES`, which is skipped rather than held."""

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from overnight.config import Settings
-from overnight.openai_api.input_file import InputChecker, batch_error, split_lines
+from overnight.openai_api.input_file import InputChecker, batch_error, checked_items, split_lines
 from overnight.store import QueueFullError, StoreUnavailableError
 from overnight.store.openai import InputFileGoneError, OpenAIBatchRecord, OpenAIStore
 from overnight.store.records import BatchRecord
@@ -204,11 +204,12 @@ class Validator:
         return checker
 
     def _groups(self, record: OpenAIBatchRecord, chunks: Iterator[bytes]) -> Iterator[Sequence[tuple[str, Any]]]:
-        """Pass two (in the enqueueing transaction): the valid lines' requests, a bounded group at a time."""
-        checker = self._checker(record)
+        """Pass two (in the enqueueing transaction): the requests, a bounded group at a time. The file
+        passed pass one and cannot change (deleting it waits for this transaction), so its lines are only
+        decoded again; `start_validated` checks their number."""
         group: list[tuple[str, Any]] = []
         size = 0
-        for item in checker.items(split_lines(chunks)):
+        for item in checked_items(split_lines(chunks)):
             group.append(item)
             size += len(item[1])
             if len(group) >= _GROUP_ITEMS or size >= _GROUP_BYTES:
@@ -216,8 +217,6 @@ class Validator:
                 group, size = [], 0
         if group:
             yield group
-        if checker.errors:  # it passed a moment ago, and files never change: store nothing
-            raise RuntimeError(f"batch {record.id}: the input file no longer validates: {checker.errors[:1]}")
 
     async def _renew(self, seq: int, abort: threading.Event) -> None:
         while True:
