@@ -92,6 +92,8 @@ class OpenAIService:
     # --- files --------------------------------------------------------------------------------
 
     async def upload(self, workspace: str, upload: Upload) -> dict[str, Any]:
+        if upload.too_large:  # first: the parts after the file were never read
+            raise OpenAIRequestError("File is too large.", param="file")
         if upload.purpose is None:
             raise OpenAIRequestError("purpose: required", param="purpose", code="missing_required_parameter")
         if upload.filename is None:
@@ -104,8 +106,6 @@ class OpenAIService:
             )
         if not upload.filename.endswith(".jsonl"):
             raise OpenAIRequestError("Invalid file format for Batch API. Must be .jsonl", param="file")
-        if upload.too_large:
-            raise OpenAIRequestError("File is too large.", param="file")
         ttl_seconds = _expires_after(upload.fields)
         now = now_micros()
         record = FileRecord(

@@ -1,0 +1,123 @@
+"""The OpenAI store's guarantees on real SQLite and PostgreSQL: files in chunks read back whole, a
+validating batch claimed by one validator at a time, enqueued at most once (a stale or cancelled claim
+changes nothing), and a claim that lapsed taken over."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overnight.store import Store, open_store
+from overnight.store.openai import FileRecord, InputFileGoneError, OpenAIBatchRecord, OpenAIStore
+from overnight.store.tables import FILE_CHUNK_BYTES
+
+FAR_FUTURE = 2**60
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    url = (
+        f"sqlite:///{tmp_path / 'db.sqlite3'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    )
+    store = open_store(url)
+    store.migrate()
+    yield store
+    store.close()
+
+
+async def add_file(openai: OpenAIStore, content: bytes, file_id: str = "file-a") -> FileRecord:
+    record = FileRecord(0, file_id, "w", "batch", "in.jsonl", len(content), 1, None)
+    return await openai.insert_file(record, io.BytesIO(content))
+
+
+async def add_batch(openai: OpenAIStore, batch_id: str, file_id: str = "file-a") -> OpenAIBatchRecord:
+    return await openai.insert_batch(
+        OpenAIBatchRecord(
+            id=batch_id,
+            workspace="w",
+            endpoint="/v1/chat/completions",
+            input_file_id=file_id,
+            completion_window="24h",
+            created_at=1,
+            expires_at=FAR_FUTURE,
+        )
+    )
+
+
+def line_groups(chunks: Iterator[bytes]) -> Iterator[Sequence[tuple[str, Any]]]:
+    for number, raw in enumerate(b"".join(chunks).splitlines()):
+        yield [(f"r{number}", raw)]
+
+
+async def test_a_file_of_many_chunks_reads_back_whole(store: Store) -> None:
+    openai = OpenAIStore(store)
+    content = bytes(range(256)) * (3 * FILE_CHUNK_BYTES // 256 + 7)
+    await add_file(openai, content)
+    found = await openai.file_content("w", "file-a")
+    assert found is not None
+    record, chunks = found
+    assert record.bytes == len(content)
+    assert b"".join([chunk async for chunk in chunks]) == content
+    assert b"".join(openai.input_chunks("w", "file-a")) == content
+    assert await openai.file_content("elsewhere", "file-a") is None
+
+
+async def test_one_claim_at_a_time_and_a_stale_claim_enqueues_nothing(store: Store) -> None:
+    openai = OpenAIStore(store)
+    await add_file(openai, b"{}\n{}\n")
+    batch = await add_batch(openai, "batch_a")
+    claims = await asyncio.gather(*(openai.claim_validation(owner=f"v{n}", now=10, lease_until=20) for n in range(4)))
+    held = [claim for claim in claims if claim is not None]
+    assert len(held) == 1 and held[0].seq == batch.seq
+    winner = next(f"v{n}" for n, claim in enumerate(claims) if claim is not None)
+    assert not await openai.renew_validation(batch.seq, owner="someone-else", lease_until=30)
+
+    # The claim lapses; another validator takes it: the first one's enqueue is refused.
+    taken = await openai.claim_validation(owner="late", now=25, lease_until=40)
+    assert taken is not None and taken.seq == batch.seq
+    assert not await openai.renew_validation(batch.seq, owner=winner, lease_until=50)
+    stale = await openai.start_validated(
+        held[0], owner=winner, total=2, item_groups=line_groups, now=26, max_queued_requests=0
+    )
+    assert stale is None
+    started = await openai.start_validated(
+        taken, owner="late", total=2, item_groups=line_groups, now=26, max_queued_requests=0
+    )
+    assert started is not None and started.total == 2 and started.created_at == 26
+    again = await openai.start_validated(
+        taken, owner="late", total=2, item_groups=line_groups, now=27, max_queued_requests=0
+    )
+    assert again is None  # in progress now: never twice
+    record = await openai.get_batch("w", "batch_a")
+    assert record is not None and record.batch is not None and record.batch.seq == started.seq
+    assert await openai.claim_validation(owner="v0", now=100, lease_until=200) is None
+
+
+async def test_cancel_beats_a_claim_and_a_gone_file_is_reported(store: Store) -> None:
+    openai = OpenAIStore(store)
+    await add_file(openai, b"{}\n")
+    first = await add_batch(openai, "batch_a")
+    claim = await openai.claim_validation(owner="v", now=10, lease_until=FAR_FUTURE)
+    assert claim is not None and claim.seq == first.seq
+    assert await openai.cancel_validating(first.seq, 11)
+    assert not await openai.cancel_validating(first.seq, 12)
+    assert (
+        await openai.start_validated(claim, owner="v", total=1, item_groups=line_groups, now=13, max_queued_requests=0)
+        is None
+    )
+    assert not await openai.fail_validation(first.seq, owner="v", errors=b"[]", now=13)
+
+    await add_batch(openai, "batch_b")
+    claim = await openai.claim_validation(owner="v", now=10, lease_until=FAR_FUTURE)
+    assert claim is not None and claim.id == "batch_b"
+    assert await openai.delete_file("w", "file-a")
+    with pytest.raises(InputFileGoneError):
+        await openai.start_validated(claim, owner="v", total=1, item_groups=line_groups, now=13, max_queued_requests=0)
+    assert await openai.fail_validation(claim.seq, owner="v", errors=b"[]", now=14)
+    failed = await openai.get_batch("w", "batch_b")
+    assert failed is not None and failed.failed_at == 14 and failed.batch is None
