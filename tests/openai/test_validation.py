@@ -123,3 +123,11 @@ def test_kill_9_mid_validation_enqueues_exactly_once(tmp_path: Path) -> None:
         assert requests_stored(proc, created.id) == 10
     finally:
         proc.terminate_quietly()
+
+
+def test_a_full_workspace_queue_fails_the_batch_when_it_would_be_enqueued(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "data", ["--max-queued-requests", "5"]) as proc, make_client(proc) as client:
+        failed = wait_until(client, create(client, [line(f"r{i}", "x") for i in range(6)]).id)
+        assert failed.status == "failed" and failed.errors is not None and failed.errors.data
+        assert (failed.errors.data[0].code, failed.errors.data[0].line) == ("request_limit_exceeded", None)
+        assert wait_until(client, create(client, [line(f"r{i}", "x") for i in range(5)]).id).status == "completed"
