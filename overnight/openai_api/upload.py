@@ -116,6 +116,7 @@ async def receive_upload(request: Request, *, limit: int, timeout_seconds: float
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
+        await drain(request, timeout_seconds)
         raise OpenAIRequestError("The body must be multipart/form-data with 'file' and 'purpose' parts.")
     upload = Upload(tempfile.TemporaryFile(dir=spool_dir))  # noqa: SIM115 (the caller closes it)
     parts = _Parts(upload, limit)
