@@ -29,7 +29,15 @@ from pydantic import PrivateAttr, ValidationError
 from overnight import ids
 from overnight.exceptions import InvalidRequestError
 from overnight.protocol.decoding import decode_json
-from overnight.protocol.messages import MessageCreateParams, describe_validation_error
+from overnight.protocol.fast_params import ParamsAssembler
+from overnight.protocol.messages import (
+    CacheControl,
+    MessageCreateParams,
+    MessageParam,
+    Metadata,
+    TextBlock,
+    describe_validation_error,
+)
 from overnight.protocol.results import Message
 
 DEFAULT_MAX_TOKENS = 4096
@@ -81,6 +89,7 @@ class _PlainChat(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _decode_plain = msgspec.json.Decoder(_PlainChat).decode
+_assemble = ParamsAssembler(ChatCompletionParams, MessageParam, TextBlock, CacheControl, Metadata)
 
 
 def chat_params_from_json(raw: bytes) -> ChatCompletionParams:
@@ -95,20 +104,28 @@ def chat_params_from_json(raw: bytes) -> ChatCompletionParams:
 
 def _plain_params(plain: _PlainChat, raw: bytes) -> ChatCompletionParams | None:
     system: list[str] = []
-    turns: list[dict[str, str]] = []
+    turns: list[Any] = []
+    last_role = None
     for item in plain.messages:
-        if item.role in ("system", "developer"):
+        role = item.role
+        if role == "system" or role == "developer":
             if turns:
                 return None  # a system message later on: the general path handles it
             system.append(item.content)
-        elif turns and turns[-1]["role"] == item.role:
+        elif role == last_role:
             return None  # consecutive turns of one role merge: the general path
         else:
-            turns.append({"role": item.role, "content": item.content})
+            turns.append(_assemble.text_turn(role, item.content))
+            last_role = role
     if not turns:
         return None
-    max_tokens = plain.max_completion_tokens or plain.max_tokens or DEFAULT_MAX_TOKENS
-    fields: dict[str, Any] = {"model": plain.model, "max_tokens": max_tokens, "messages": turns}
+    # `_PlainChat` already holds every value to the params' own rules, so they are assembled as
+    # pydantic would build them rather than validated a second time.
+    fields: dict[str, Any] = {
+        "model": plain.model,
+        "max_tokens": plain.max_completion_tokens or plain.max_tokens or DEFAULT_MAX_TOKENS,
+        "messages": turns,
+    }
     if system:
         fields["system"] = "\n".join(system)
     if plain.temperature is not None:
@@ -117,12 +134,7 @@ def _plain_params(plain: _PlainChat, raw: bytes) -> ChatCompletionParams | None:
         fields["top_p"] = plain.top_p
     if plain.stop is not None:
         fields["stop_sequences"] = [plain.stop] if isinstance(plain.stop, str) else plain.stop
-    try:
-        params = ChatCompletionParams.model_validate(fields)
-    except ValidationError:
-        return None  # the general path says what is wrong
-    params._chat_body = raw
-    return params
+    return _assemble.build(fields, {"_chat_body": raw})
 
 
 # Accepted and not needed by any backend (hints, bookkeeping) or with the only value we support.
@@ -378,6 +390,63 @@ def chat_completion(message: Message, *, model: str) -> dict[str, Any]:
         },
         "system_fingerprint": None,
     }
+
+
+_encode = msgspec.json.Encoder().encode
+# `chat_completion` for a reply without tool calls, as the bytes msgspec would encode it (same keys,
+# same order): a batch renders one per request, and filling a template skips building the dicts.
+_TEXT_COMPLETION = (
+    b'{"id":%s,"object":"chat.completion","created":%d,"model":%s,"choices":[{"index":0,"message":'
+    b'{"role":"assistant","content":%s,"refusal":null},"logprobs":null,"finish_reason":"%s"}],'
+    b'"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,'
+    b'"prompt_tokens_details":{"cached_tokens":%d}},"system_fingerprint":null}'
+)
+
+
+def chat_completion_json(message: Message, *, model: str) -> bytes:
+    """`chat_completion(message, model=model)` encoded as JSON."""
+    text = _plain_reply_text(message)
+    usage = message.get("usage") or {}
+    input_tokens = usage.get("input_tokens") or 0
+    cached = usage.get("cache_read_input_tokens") or 0
+    creation = usage.get("cache_creation_input_tokens") or 0
+    completion = usage.get("output_tokens") or 0
+    if text is None or not (
+        type(input_tokens) is int and type(cached) is int and type(creation) is int and type(completion) is int
+    ):
+        return _encode(chat_completion(message, model=model))  # tool calls, an upstream's own, odd usage
+    message_id = message.get("id")
+    prompt = input_tokens + cached + creation
+    return _TEXT_COMPLETION % (
+        _encode("chatcmpl-" + (message_id[4:] if isinstance(message_id, str) else ids.message_id()[4:])),
+        int(time.time()),
+        _encode(model),
+        _encode(text),
+        _FINISH_REASONS.get(str(message.get("stop_reason")), "stop").encode(),
+        prompt,
+        completion,
+        prompt + completion,
+        cached,
+    )
+
+
+def _plain_reply_text(message: Message) -> str | None:
+    """The reply's text if `chat_completion` would answer with text alone (None: tool calls, or an
+    OpenAI-compatible upstream's own completion)."""
+    if NATIVE_COMPLETION in message:
+        return None
+    blocks: list[dict[str, Any]] = message.get("content") or []
+    if len(blocks) == 1 and blocks[0].get("type") == "text":
+        text = blocks[0]["text"]
+        return text if type(text) is str else None  # the general path says what is wrong
+    texts = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "tool_use":
+            return None
+        if kind == "text":
+            texts.append(block["text"])
+    return "".join(texts)
 
 
 def _normalized(data: dict[str, Any], message: Message, *, model: str) -> dict[str, Any]:
