@@ -42,8 +42,13 @@ def test_served_document_is_openapi_3_1_and_names_every_route(raw: httpx.Client)
     assert document["openapi"] == "3.1.0"
     from overnight.api.dashboard import dashboard_routes
     from overnight.api.routes import routes
+    from overnight.openai_api.routes import openai_routes
 
-    api_routes = [*routes, *(route for route in dashboard_routes if not route.path.startswith("/ui"))]
+    api_routes = [
+        *routes,
+        *openai_routes,
+        *(route for route in dashboard_routes if not route.path.startswith("/ui")),
+    ]
     served = {
         (route.path, method.lower()) for route in api_routes for method in route.methods or () if method != "HEAD"
     }

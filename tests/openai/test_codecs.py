@@ -7,6 +7,7 @@ import re
 import time
 from typing import Any
 
+import jsonschema_rs
 import msgspec
 import pytest
 from anthropic.types.messages import MessageBatchIndividualResponse
@@ -23,6 +24,7 @@ from overnight.protocol.openai.chat import (
     chat_completion,
     chat_completion_json,
     chat_params_from_json,
+    chat_request_schema,
     chat_to_params,
     native_body,
 )
@@ -78,6 +80,19 @@ def test_fast_and_general_paths_agree() -> None:
         b'{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":2}',
         b'{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}',
         b"[1]",
+        # Falsy values of the wrong type are refused, not taken for "off" (the OpenAPI schema says so).
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"stream":0}',
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":""}',
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"n":true}',
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"n":1.0}',
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":"x","max_completion_tokens":3}',
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":0}',
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"tools":{}}',
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":'
+        b'{"name":"f","parameters":5}}]}',
+        b'{"model":"m","messages":[{"role":"user","content":"x"},{"role":"assistant","content":0,'
+        b'"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}]}',
+        b'{"model":"m","messages":[{"role":"user","content":"x"},{"role":"assistant","content":"y","tool_calls":{}}]}',
     ],
 )
 def test_invalid_bodies_are_named_400s(body: bytes) -> None:
@@ -202,3 +217,43 @@ def test_succeeded_line_is_the_general_lines_shape(custom_id: str, monkeypatch: 
         None,
         request_id,
     )
+
+
+ACCEPTED_BODIES = [
+    {"model": "m", "messages": [_HI]},
+    {
+        "model": "m",
+        "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
+            _HI,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        ],
+        "max_completion_tokens": 10,
+        "max_tokens": None,
+        "temperature": 0,
+        "top_p": 1,
+        "top_k": 3,
+        "stop": ["a"],
+        "n": 1,
+        "stream": False,
+        "logprobs": None,
+        "response_format": {"type": "text"},
+        "tools": [{"type": "function", "function": {"name": "f", "description": None, "parameters": None}}],
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "user": 5,
+        "seed": "any",
+        "metadata": {"k": "v"},
+    },
+    {"model": "m", "messages": [_HI], "stop": "x", "tool_choice": "none", "tools": None},
+]
+
+
+@pytest.mark.parametrize("body", ACCEPTED_BODIES)
+def test_the_openapi_request_schema_accepts_what_the_server_accepts(body: dict[str, Any]) -> None:
+    chat_to_params(body)  # accepted
+    jsonschema_rs.Draft202012Validator(chat_request_schema()).validate(body)

@@ -155,6 +155,93 @@ _HANDLED_KEYS = {
     "response_format",
     "top_k",
 }
+
+
+def chat_request_schema() -> dict[str, Any]:
+    """The JSON Schema of a chat-completions body as `chat_to_params` takes it (for `/openapi.json`):
+    every key it accepts, each no stricter than the translation (which refuses more, naming why)."""
+    text_parts = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+            "required": ["type", "text"],
+        },
+    }
+    probability = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+    positive = {"type": ["integer", "null"], "minimum": 1}
+    message = {
+        "type": "object",
+        "properties": {
+            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+            "content": {"anyOf": [{"type": "string"}, text_parts, {"type": "null"}]},
+            "tool_call_id": {"type": "string"},
+            "tool_calls": {"type": ["array", "null"], "items": {"type": "object"}},
+        },
+        "required": ["role"],
+        "description": "system, developer, user and tool messages need text content; an assistant message "
+        "needs content or tool_calls; a tool message, its tool_call_id.",
+    }
+    properties: dict[str, Any] = {
+        "model": {"type": "string", "minLength": 1, "maxLength": 256},
+        "messages": {"type": "array", "minItems": 1, "items": message},
+        "max_tokens": positive,
+        "max_completion_tokens": {**positive, "description": f"Absent: {DEFAULT_MAX_TOKENS}."},
+        "temperature": {**probability, "description": "Above 1 (OpenAI allows 2) is refused."},
+        "top_p": probability,
+        "top_k": {"type": ["integer", "null"], "minimum": 0},
+        "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
+        "n": {"enum": [1, None]},
+        "stream": {"enum": [False, None], "description": "Streaming is not supported."},
+        "logprobs": {"enum": [False, None]},
+        "response_format": {"anyOf": [{"const": {"type": "text"}}, {"type": "null"}]},
+        "tools": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "object",
+                "properties": {
+                    "type": {"const": "function"},
+                    "function": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1, "maxLength": 128},
+                            "description": {"type": ["string", "null"]},
+                            "parameters": {"type": ["object", "null"]},
+                        },
+                        "required": ["name"],
+                    },
+                },
+                "required": ["type", "function"],
+            },
+        },
+        "tool_choice": {
+            "anyOf": [
+                {"enum": ["auto", "required", "none", None]},
+                {
+                    "type": "object",
+                    "properties": {
+                        "function": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}},
+                            "required": ["name"],
+                        }
+                    },
+                    "required": ["function"],
+                },
+            ]
+        },
+    }
+    properties |= {key: {"description": "Accepted and ignored."} for key in sorted(_IGNORED_KEYS)}
+    assert set(properties) == _HANDLED_KEYS | _IGNORED_KEYS
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": ["model", "messages"],
+        "additionalProperties": False,
+        "description": "A `/v1/chat/completions` body (also each line's `body` in an OpenAI batch input file).",
+    }
+
+
 _FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -179,11 +266,13 @@ def chat_to_params(body: Any) -> ChatCompletionParams:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("messages: must be a non-empty list of messages")
-    if body.get("stream"):
+    # Type checks first: a falsy value of the wrong type (0, "", {}) is refused, not taken for "off".
+    if not _is_off(body.get("stream")):
         raise InvalidRequestError("stream: streaming is not supported here; send stream=false")
-    if body.get("n") not in (None, 1):
+    n = body.get("n")
+    if n is not None and (type(n) is not int or n != 1):
         raise InvalidRequestError("n: only n=1 is supported")
-    if body.get("logprobs"):
+    if not _is_off(body.get("logprobs")):
         raise InvalidRequestError("logprobs: not supported by this server")
     response_format = body.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
@@ -216,7 +305,13 @@ def chat_to_params(body: Any) -> ChatCompletionParams:
     if not turns:
         raise InvalidRequestError("messages: at least one user message is required")
 
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            raise InvalidRequestError(f"{key}: must be an integer of at least 1")
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
     params: dict[str, Any] = {
         "model": model,
         "messages": turns,
@@ -235,6 +330,11 @@ def chat_to_params(body: Any) -> ChatCompletionParams:
         params["stop_sequences"] = [stop] if isinstance(stop, str) else stop
     params.update(_tools(body))
     return _validated(params, body)
+
+
+def _is_off(value: Any) -> bool:
+    """Absent, null or false (`in (None, False)` would also pass 0, since 0 == False)."""
+    return value is None or value is False
 
 
 def _validated(params: dict[str, Any], body: dict[str, Any]) -> ChatCompletionParams:
@@ -278,9 +378,12 @@ def _text_of(content: Any, where: str) -> str:
 def _assistant_blocks(item: dict[str, Any], index: int) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     content = item.get("content")
-    if content:
+    if content is not None and content != "" and content != []:
         blocks.append(_text_block(_text_of(content, f"messages.{index}.content")))
-    for call_index, call in enumerate(item.get("tool_calls") or []):
+    calls = item.get("tool_calls")
+    if calls is not None and not isinstance(calls, list):
+        raise InvalidRequestError(f"messages.{index}.tool_calls: must be a list")
+    for call_index, call in enumerate(calls or []):
         where = f"messages.{index}.tool_calls.{call_index}"
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
@@ -307,15 +410,20 @@ def _assistant_blocks(item: dict[str, Any], index: int) -> list[dict[str, Any]]:
 def _tools(body: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidRequestError("tools: must be a list of function tools")
     if tools:
         converted = []
         for index, tool in enumerate(tools):
             function = tool.get("function") if isinstance(tool, dict) else None
             if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
                 raise InvalidRequestError(f"tools.{index}: only function tools are supported")
+            parameters = function.get("parameters")
+            if parameters is not None and not isinstance(parameters, dict):
+                raise InvalidRequestError(f"tools.{index}.function.parameters: must be a JSON Schema object")
             converted_tool: dict[str, Any] = {
                 "name": function.get("name"),
-                "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+                "input_schema": parameters or {"type": "object", "properties": {}},
             }
             if function.get("description") is not None:
                 converted_tool["description"] = function["description"]
