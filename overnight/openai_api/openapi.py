@@ -241,7 +241,7 @@ _ERRORS = {
 }
 _NOT_FOUND = {"404": _error("not_found_error (files) or invalid_request_error (batches): no such object")}
 # Bearer, as the openai SDK sends it; with no keys configured (open mode) any key, or none, is accepted.
-_SECURITY = [{"bearer": []}, {}]
+_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {}]
 
 
 def _operation(
