@@ -78,3 +78,24 @@ def test_every_operation_conforms(case: schemathesis.Case, server: ServerProcess
     case.call_and_validate(
         base_url=server.base_url, timeout=30, excluded_checks=[schemathesis.checks.positive_data_acceptance]
     )
+
+
+def test_openai_operations_use_bearer_and_openais_error_envelope() -> None:
+    from overnight.openai_api.errors import is_openai_path
+
+    document = openapi_document()
+    operations = [
+        (path, operation)
+        for path, item in document["paths"].items()
+        for operation in item.values()
+        if is_openai_path(path)
+    ]
+    assert len(operations) == 10
+    for path, operation in operations:
+        assert operation["security"] == [{"bearer": []}, {}], path
+        for status, response in operation["responses"].items():
+            schema = next(iter(response["content"].values()))["schema"]
+            if status == "200":
+                assert schema.get("$ref") != "#/components/schemas/OpenAIError", path
+            else:
+                assert schema == {"$ref": "#/components/schemas/OpenAIError"}, (path, status)
