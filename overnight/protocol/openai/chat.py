@@ -501,18 +501,26 @@ def chat_completion(message: Message, *, model: str) -> dict[str, Any]:
 
 
 _encode = msgspec.json.Encoder().encode
-# `chat_completion` for a reply without tool calls, as the bytes msgspec would encode it (same keys,
-# same order): a batch renders one per request, and filling a template skips building the dicts.
-_TEXT_COMPLETION = (
+TEXT_COMPLETION = (
     b'{"id":%s,"object":"chat.completion","created":%d,"model":%s,"choices":[{"index":0,"message":'
     b'{"role":"assistant","content":%s,"refusal":null},"logprobs":null,"finish_reason":"%s"}],'
     b'"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,'
     b'"prompt_tokens_details":{"cached_tokens":%d}},"system_fingerprint":null}'
 )
+"""`chat_completion` for a reply without tool calls, as the bytes msgspec would encode it (same keys, same
+order), to fill with `text_completion_values`: a batch renders one per request, and a template skips
+building the dicts."""
 
 
 def chat_completion_json(message: Message, *, model: str) -> bytes:
     """`chat_completion(message, model=model)` encoded as JSON."""
+    values = text_completion_values(message, model=model)
+    return TEXT_COMPLETION % values if values is not None else _encode(chat_completion(message, model=model))
+
+
+def text_completion_values(message: Message, *, model: str) -> tuple[bytes | int, ...] | None:
+    """What `TEXT_COMPLETION` takes for `chat_completion(message, model=model)`; None where the template
+    does not fit (tool calls, an upstream's own completion, usage that is not plain integers)."""
     text = _plain_reply_text(message)
     usage = message.get("usage") or {}
     input_tokens = usage.get("input_tokens") or 0
@@ -522,10 +530,10 @@ def chat_completion_json(message: Message, *, model: str) -> bytes:
     if text is None or not (
         type(input_tokens) is int and type(cached) is int and type(creation) is int and type(completion) is int
     ):
-        return _encode(chat_completion(message, model=model))  # tool calls, an upstream's own, odd usage
+        return None
     message_id = message.get("id")
     prompt = input_tokens + cached + creation
-    return _TEXT_COMPLETION % (
+    return (
         _encode("chatcmpl-" + (message_id[4:] if isinstance(message_id, str) else ids.message_id()[4:])),
         int(time.time()),
         _encode(model),
