@@ -9,6 +9,7 @@ Both are timed end to end by a plain httpx client. Target: OpenAI / Anthropic th
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,17 @@ class Timed:
     seconds: float
     phases: dict[str, float]
     output_bytes: int
+    cpu_seconds: float
+    """The server's CPU time (all its threads) over the timed window: steadier than wall time when other
+    work shares the machine, so the report gives its ratio too."""
     profile: Path | None = None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def input_file(count: int) -> bytes:
@@ -60,17 +71,25 @@ def _server(bench: Run, name: str, count: int) -> ChildServer:
 
 
 def anthropic_once(bench: Run, body: bytes, count: int, attempt: int) -> Timed:
-    with _server(bench, f"anthropic-{attempt}", count) as server, work.client(server.url) as http:
+    with (
+        _server(bench, f"anthropic-{attempt}", count) as server,
+        work.client(server.url) as http,
+        bench.profiled(server.pid, f"{KEY}-anthropic") as raw,
+    ):
+        cpu_start = cpu_seconds(server.pid)
         start = time.perf_counter()
         drained = work.create_and_drain(http, body, timeout=600)
         download = work.download_results(http, drained.batch["results_url"])
         total = time.perf_counter() - start
+        cpu = cpu_seconds(server.pid) - cpu_start
     if work.succeeded(drained.batch) != count or download.lines != count:
         raise RuntimeError(f"anthropic: {drained.batch['request_counts']}, {download.lines} lines")
     return Timed(
         total,
         {"create": drained.create_seconds, "run": drained.run_seconds, "download": download.seconds},
         download.bytes,
+        cpu,
+        raw,
     )
 
 
@@ -82,6 +101,7 @@ def openai_once(bench: Run, content: bytes, count: int, attempt: int) -> Timed:
     ):
         http.headers.update(_OPENAI_HEADERS)
         del http.headers["content-type"]
+        cpu_start = cpu_seconds(server.pid)
         start = time.perf_counter()
         uploaded = http.post("/v1/files", files={"file": ("input.jsonl", content)}, data={"purpose": "batch"})
         uploaded.raise_for_status()
@@ -107,6 +127,7 @@ def openai_once(bench: Run, content: bytes, count: int, attempt: int) -> Timed:
                 size += len(chunk)
                 lines += chunk.count(b"\n")
         total = time.perf_counter() - start
+        cpu = cpu_seconds(server.pid) - cpu_start
     if batch["status"] != "completed" or batch["request_counts"]["completed"] != count or lines != count:
         raise RuntimeError(f"openai: {batch['status']} {batch['request_counts']}, {lines} lines")
     return Timed(
@@ -118,6 +139,7 @@ def openai_once(bench: Run, content: bytes, count: int, attempt: int) -> Timed:
             "download": total - (run_done - start),
         },
         size,
+        cpu,
         raw,
     )
 
@@ -142,16 +164,26 @@ def run(bench: Run) -> Report:
         f"≥ {TARGET_RATIO}x the Anthropic figure",
         verdict(ratio >= TARGET_RATIO),
     )
+    # Server CPU per request, summed over every run of each format: other load stretches wall time
+    # far more than it does the server's own CPU time.
+    cpu_ratio = sum(t.cpu_seconds for t in openai_runs) / sum(t.cpu_seconds for t in anthropic_runs)
     details = {
         "OpenAI runs": ", ".join(rate(count / t.seconds, "req/s") for t in openai_runs),
         "Anthropic runs": ", ".join(rate(count / t.seconds, "req/s") for t in anthropic_runs),
         "OpenAI phases (best run)": ", ".join(f"{k} {seconds(v)}" for k, v in best_openai.phases.items()),
         "Anthropic phases (best run)": ", ".join(f"{k} {seconds(v)}" for k, v in best_anthropic.phases.items()),
+        "server CPU-s, OpenAI runs": ", ".join(f"{t.cpu_seconds:.2f}" for t in openai_runs),
+        "server CPU-s, Anthropic runs": ", ".join(f"{t.cpu_seconds:.2f}" for t in anthropic_runs),
+        "server CPU, OpenAI / Anthropic (all runs)": f"{cpu_ratio:.3f}",
         "input file / create body": f"{mib(len(content))} / {mib(len(body))}",
         "output file / results": f"{mib(best_openai.output_bytes)} / {mib(best_anthropic.output_bytes)}",
     }
-    profile = profile_summary(best_openai.profile, "(j) OpenAI batch: upload → completed → output downloaded")
-    notes = ["Profiled run: py-spy was attached to the OpenAI run's server."] if bench.profiling else []
+    profiles = [
+        profile_summary(best_openai.profile, "(j) OpenAI batch: upload → completed → output downloaded"),
+        profile_summary(best_anthropic.profile, "(j) Anthropic batch: create → ended → results downloaded"),
+    ]
+    profile = "\n\n".join(summary for summary in profiles if summary) or None
+    notes = ["Profiled run: py-spy was attached to both runs' servers."] if bench.profiling else []
     return Report(KEY, TITLE, [row], details, notes, profile)
 
 
@@ -162,5 +194,5 @@ if __name__ == "__main__":
         title=TITLE,
         description=__doc__ or "",
         add_arguments=add_arguments,
-        profile_help="record the OpenAI run's server with py-spy and summarise it",
+        profile_help="record both runs' servers with py-spy and summarise them",
     )

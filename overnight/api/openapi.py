@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse, Response
 
 from overnight.api.responses import json_response
 from overnight.exceptions import NotFoundError
+from overnight.openai_api.openapi import openai_paths, openai_schemas
 from overnight.protocol.messages import MessageCreateParams
 
 _REF = "#/components/schemas/{model}"
@@ -386,11 +387,12 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "overnight",
             "version": version("overnight"),
-            "description": "A self-hosted server for Anthropic's Message Batches API (and the Messages API beside it).",
+            "description": "A self-hosted server for Anthropic's Message Batches API (and the Messages API beside "
+            "it), and for OpenAI's Files, Batches and chat completions APIs (tag `OpenAI`).",
         },
-        "paths": _paths(),
+        "paths": {**_paths(), **openai_paths()},
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **openai_schemas()},
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
                 "bearer": {"type": "http", "scheme": "bearer"},

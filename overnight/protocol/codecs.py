@@ -14,7 +14,12 @@ import msgspec
 from overnight import ids
 from overnight.exceptions import OvernightError
 from overnight.protocol.messages import MessageCreateParams, parse_params
-from overnight.protocol.openai.chat import chat_completion, chat_params_from_json
+from overnight.protocol.openai.chat import (
+    TEXT_COMPLETION,
+    chat_completion,
+    chat_params_from_json,
+    text_completion_values,
+)
 from overnight.protocol.results import Message, errored_line, succeeded_line
 from overnight.store.records import ANTHROPIC, CANCELED, OPENAI
 
@@ -60,6 +65,15 @@ class AnthropicCodec:
         return _encode({"custom_id": custom_id, "result": {"type": state}}) + b"\n"
 
 
+# `_line` for a 200 response, as msgspec would encode it: filled in per request (the body's own template
+# inlined where the reply fits it).
+_SUCCEEDED_LINE_HEAD = (
+    b'{"id":"batch_req_%s","custom_id":%s,"response":{"status_code":200,"request_id":"req_%s","body":'
+)
+_SUCCEEDED_LINE_TAIL = b'},"error":null}\n'
+_SUCCEEDED_LINE = _SUCCEEDED_LINE_HEAD + b"%s" + _SUCCEEDED_LINE_TAIL
+_SUCCEEDED_TEXT_LINE = _SUCCEEDED_LINE_HEAD + TEXT_COMPLETION + _SUCCEEDED_LINE_TAIL
+
 # A request that never ran: the error codes OpenAI's error files use.
 _NOT_RUN = {
     CANCELED: ("batch_cancelled", "This request was not executed because the batch was cancelled."),
@@ -81,9 +95,13 @@ class OpenAICodec:
         return chat_params_from_json(body)
 
     def succeeded_line(self, custom_id: str, message: Message, params: MessageCreateParams) -> bytes:
-        request_id = ids.request_id()
-        response = {"status_code": 200, "request_id": request_id, "body": chat_completion(message, model=params.model)}
-        return _line(custom_id, response, None, request_id)
+        # The line's id shares the random part of the request id it carries, as in `_line`.
+        random = ids.request_id()[4:].encode()
+        values = text_completion_values(message, model=params.model)
+        if values is not None:
+            return _SUCCEEDED_TEXT_LINE % (random, _encode(custom_id), random, *values)
+        body = _encode(chat_completion(message, model=params.model))
+        return _SUCCEEDED_LINE % (random, _encode(custom_id), random, body)
 
     def errored_line(self, custom_id: str, error: OvernightError, error_type: str) -> bytes:
         status = error.status_code if 400 <= error.status_code < 600 else 500

@@ -105,6 +105,17 @@ class ParamsAssembler(Generic[P]):
                 values[name] = value
         return _assemble(self.params, values, fields_set, {})
 
+    def build(self, fields: dict[str, Any], private: dict[str, Any] | None = None) -> P:
+        """Params from top-level values that already meet every rule the model checks (`messages` made
+        with `text_turn`), as pydantic would build them; `private`: the model's private attributes."""
+        values = self._params_defaults.copy()
+        values.update(fields)
+        return _assemble(self.params, values, set(fields), {}, private)
+
+    def text_turn(self, role: str, content: str) -> BaseModel:
+        """A message of `role` ("user" or "assistant") with plain string content."""
+        return _assemble(self.message, {"role": role, "content": content}, {"role", "content"}, None)
+
     def _message(self, turn: _FastMessage) -> BaseModel:
         content: Any = turn.content
         if content.__class__ is not str:
@@ -141,14 +152,21 @@ _set_private = _SLOTS["__pydantic_private__"].__set__
 _new = object.__new__
 
 
-def _assemble(cls: type[M], values: dict[str, Any], fields_set: set[str], extra: dict[str, Any] | None) -> M:
+def _assemble(
+    cls: type[M],
+    values: dict[str, Any],
+    fields_set: set[str],
+    extra: dict[str, Any] | None,
+    private: dict[str, Any] | None = None,
+) -> M:
     """A validated instance of `cls` from its field values: exactly the state pydantic leaves one in.
 
-    `extra` is `{}` for models that allow extra keys (none were sent), None for those that forbid them.
+    `extra` is `{}` for models that allow extra keys (none were sent), None for those that forbid them;
+    `private` holds every private attribute of a model that has some (None: it has none).
     """
     instance: M = _new(cls)
     _set_dict(instance, values)
     _set_fields_set(instance, fields_set)
     _set_extra(instance, extra)
-    _set_private(instance, None)
+    _set_private(instance, private)
     return instance

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -42,8 +44,13 @@ def test_served_document_is_openapi_3_1_and_names_every_route(raw: httpx.Client)
     assert document["openapi"] == "3.1.0"
     from overnight.api.dashboard import dashboard_routes
     from overnight.api.routes import routes
+    from overnight.openai_api.routes import openai_routes
 
-    api_routes = [*routes, *(route for route in dashboard_routes if not route.path.startswith("/ui"))]
+    api_routes = [
+        *routes,
+        *openai_routes,
+        *(route for route in dashboard_routes if not route.path.startswith("/ui")),
+    ]
     served = {
         (route.path, method.lower()) for route in api_routes for method in route.methods or () if method != "HEAD"
     }
@@ -73,3 +80,64 @@ def test_every_operation_conforms(case: schemathesis.Case, server: ServerProcess
     case.call_and_validate(
         base_url=server.base_url, timeout=30, excluded_checks=[schemathesis.checks.positive_data_acceptance]
     )
+
+
+def test_openai_operations_use_bearer_and_openais_error_envelope() -> None:
+    from overnight.openai_api.errors import is_openai_path
+
+    document = openapi_document()
+    operations = [
+        (path, operation)
+        for path, item in document["paths"].items()
+        for operation in item.values()
+        if is_openai_path(path)
+    ]
+    assert len(operations) == 10
+    for path, operation in operations:
+        assert operation["security"] == [{"bearer": []}, {}], path
+        for status, response in operation["responses"].items():
+            schema = next(iter(response["content"].values()))["schema"]
+            if status == "200":
+                assert schema.get("$ref") != "#/components/schemas/OpenAIError", path
+            else:
+                assert schema == {"$ref": "#/components/schemas/OpenAIError"}, (path, status)
+
+
+def test_an_openai_batch_run_answers_as_documented(server: ServerProcess) -> None:
+    # The fuzzer's uploads are never `.jsonl` (it names files by their bytes, e.g. file.png), so it only
+    # reaches the Files and Batches APIs' errors: this walks their 200s, checked against the document.
+    from tests.openai.helpers import MODEL, jsonl, line
+
+    def conforms(method: str, template: str, response: httpx.Response, status: int = 200) -> Any:
+        assert response.status_code == status, response.text
+        response.request.read()  # a multipart upload is streamed; schemathesis reads the request back
+        schema[template][method].validate_response(response)
+        return response.json() if "json" in response.headers["content-type"] else None
+
+    with httpx.Client(base_url=server.base_url, headers={"authorization": "Bearer any"}, timeout=30) as http:
+        content = jsonl([line("a", "one two"), line("b", "three", max_tokens=1)])
+        uploaded = http.post("/v1/files", files={"file": ("in.jsonl", content)}, data={"purpose": "batch"})
+        file = conforms("POST", "/v1/files", uploaded)
+        conforms("GET", "/v1/files", http.get("/v1/files", params={"limit": 2, "order": "asc"}))
+        conforms("GET", "/v1/files/{file_id}", http.get(f"/v1/files/{file['id']}"))
+        created = http.post(
+            "/v1/batches",
+            json={"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        )
+        batch = conforms("POST", "/v1/batches", created)
+        for _ in range(300):
+            if batch["status"] == "completed":
+                break
+            time.sleep(0.05)
+            batch = conforms("GET", "/v1/batches/{batch_id}", http.get(f"/v1/batches/{batch['id']}"))
+        assert batch["status"] == "completed" and batch["usage"] is not None, batch
+        conforms("GET", "/v1/batches", http.get("/v1/batches", params={"limit": 1}))
+        output = http.get(f"/v1/files/{batch['output_file_id']}/content")
+        conforms("GET", "/v1/files/{file_id}/content", output)
+        assert output.content.count(b"\n") == 2
+        cancel = http.post(f"/v1/batches/{batch['id']}/cancel")
+        conforms("POST", "/v1/batches/{batch_id}/cancel", cancel, status=409)
+        deleted = http.delete(f"/v1/files/{file['id']}")
+        conforms("DELETE", "/v1/files/{file_id}", deleted)
+        chat = http.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+        conforms("POST", "/v1/chat/completions", chat)

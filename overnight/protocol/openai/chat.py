@@ -29,7 +29,15 @@ from pydantic import PrivateAttr, ValidationError
 from overnight import ids
 from overnight.exceptions import InvalidRequestError
 from overnight.protocol.decoding import decode_json
-from overnight.protocol.messages import MessageCreateParams, describe_validation_error
+from overnight.protocol.fast_params import ParamsAssembler
+from overnight.protocol.messages import (
+    CacheControl,
+    MessageCreateParams,
+    MessageParam,
+    Metadata,
+    TextBlock,
+    describe_validation_error,
+)
 from overnight.protocol.results import Message
 
 DEFAULT_MAX_TOKENS = 4096
@@ -81,6 +89,7 @@ class _PlainChat(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _decode_plain = msgspec.json.Decoder(_PlainChat).decode
+_assemble = ParamsAssembler(ChatCompletionParams, MessageParam, TextBlock, CacheControl, Metadata)
 
 
 def chat_params_from_json(raw: bytes) -> ChatCompletionParams:
@@ -95,20 +104,28 @@ def chat_params_from_json(raw: bytes) -> ChatCompletionParams:
 
 def _plain_params(plain: _PlainChat, raw: bytes) -> ChatCompletionParams | None:
     system: list[str] = []
-    turns: list[dict[str, str]] = []
+    turns: list[Any] = []
+    last_role = None
     for item in plain.messages:
-        if item.role in ("system", "developer"):
+        role = item.role
+        if role == "system" or role == "developer":
             if turns:
                 return None  # a system message later on: the general path handles it
             system.append(item.content)
-        elif turns and turns[-1]["role"] == item.role:
+        elif role == last_role:
             return None  # consecutive turns of one role merge: the general path
         else:
-            turns.append({"role": item.role, "content": item.content})
+            turns.append(_assemble.text_turn(role, item.content))
+            last_role = role
     if not turns:
         return None
-    max_tokens = plain.max_completion_tokens or plain.max_tokens or DEFAULT_MAX_TOKENS
-    fields: dict[str, Any] = {"model": plain.model, "max_tokens": max_tokens, "messages": turns}
+    # `_PlainChat` already holds every value to the params' own rules, so they are assembled as
+    # pydantic would build them rather than validated a second time.
+    fields: dict[str, Any] = {
+        "model": plain.model,
+        "max_tokens": plain.max_completion_tokens or plain.max_tokens or DEFAULT_MAX_TOKENS,
+        "messages": turns,
+    }
     if system:
         fields["system"] = "\n".join(system)
     if plain.temperature is not None:
@@ -117,12 +134,7 @@ def _plain_params(plain: _PlainChat, raw: bytes) -> ChatCompletionParams | None:
         fields["top_p"] = plain.top_p
     if plain.stop is not None:
         fields["stop_sequences"] = [plain.stop] if isinstance(plain.stop, str) else plain.stop
-    try:
-        params = ChatCompletionParams.model_validate(fields)
-    except ValidationError:
-        return None  # the general path says what is wrong
-    params._chat_body = raw
-    return params
+    return _assemble.build(fields, {"_chat_body": raw})
 
 
 # Accepted and not needed by any backend (hints, bookkeeping) or with the only value we support.
@@ -143,6 +155,93 @@ _HANDLED_KEYS = {
     "response_format",
     "top_k",
 }
+
+
+def chat_request_schema() -> dict[str, Any]:
+    """The JSON Schema of a chat-completions body as `chat_to_params` takes it (for `/openapi.json`):
+    every key it accepts, each no stricter than the translation (which refuses more, naming why)."""
+    text_parts = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+            "required": ["type", "text"],
+        },
+    }
+    probability = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+    positive = {"type": ["integer", "null"], "minimum": 1}
+    message = {
+        "type": "object",
+        "properties": {
+            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+            "content": {"anyOf": [{"type": "string"}, text_parts, {"type": "null"}]},
+            "tool_call_id": {"type": "string"},
+            "tool_calls": {"type": ["array", "null"], "items": {"type": "object"}},
+        },
+        "required": ["role"],
+        "description": "system, developer, user and tool messages need text content; an assistant message "
+        "needs content or tool_calls; a tool message, its tool_call_id.",
+    }
+    properties: dict[str, Any] = {
+        "model": {"type": "string", "minLength": 1, "maxLength": 256},
+        "messages": {"type": "array", "minItems": 1, "items": message},
+        "max_tokens": positive,
+        "max_completion_tokens": {**positive, "description": f"Absent: {DEFAULT_MAX_TOKENS}."},
+        "temperature": {**probability, "description": "Above 1 (OpenAI allows 2) is refused."},
+        "top_p": probability,
+        "top_k": {"type": ["integer", "null"], "minimum": 0},
+        "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
+        "n": {"enum": [1, None]},
+        "stream": {"enum": [False, None], "description": "Streaming is not supported."},
+        "logprobs": {"enum": [False, None]},
+        "response_format": {"anyOf": [{"const": {"type": "text"}}, {"type": "null"}]},
+        "tools": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "object",
+                "properties": {
+                    "type": {"const": "function"},
+                    "function": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1, "maxLength": 128},
+                            "description": {"type": ["string", "null"]},
+                            "parameters": {"type": ["object", "null"]},
+                        },
+                        "required": ["name"],
+                    },
+                },
+                "required": ["type", "function"],
+            },
+        },
+        "tool_choice": {
+            "anyOf": [
+                {"enum": ["auto", "required", "none", None]},
+                {
+                    "type": "object",
+                    "properties": {
+                        "function": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}},
+                            "required": ["name"],
+                        }
+                    },
+                    "required": ["function"],
+                },
+            ]
+        },
+    }
+    properties |= {key: {"description": "Accepted and ignored."} for key in sorted(_IGNORED_KEYS)}
+    assert set(properties) == _HANDLED_KEYS | _IGNORED_KEYS
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": ["model", "messages"],
+        "additionalProperties": False,
+        "description": "A `/v1/chat/completions` body (also each line's `body` in an OpenAI batch input file).",
+    }
+
+
 _FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -167,11 +266,13 @@ def chat_to_params(body: Any) -> ChatCompletionParams:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("messages: must be a non-empty list of messages")
-    if body.get("stream"):
+    # Type checks first: a falsy value of the wrong type (0, "", {}) is refused, not taken for "off".
+    if not _is_off(body.get("stream")):
         raise InvalidRequestError("stream: streaming is not supported here; send stream=false")
-    if body.get("n") not in (None, 1):
+    n = body.get("n")
+    if n is not None and (type(n) is not int or n != 1):
         raise InvalidRequestError("n: only n=1 is supported")
-    if body.get("logprobs"):
+    if not _is_off(body.get("logprobs")):
         raise InvalidRequestError("logprobs: not supported by this server")
     response_format = body.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
@@ -204,7 +305,13 @@ def chat_to_params(body: Any) -> ChatCompletionParams:
     if not turns:
         raise InvalidRequestError("messages: at least one user message is required")
 
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            raise InvalidRequestError(f"{key}: must be an integer of at least 1")
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
     params: dict[str, Any] = {
         "model": model,
         "messages": turns,
@@ -223,6 +330,11 @@ def chat_to_params(body: Any) -> ChatCompletionParams:
         params["stop_sequences"] = [stop] if isinstance(stop, str) else stop
     params.update(_tools(body))
     return _validated(params, body)
+
+
+def _is_off(value: Any) -> bool:
+    """Absent, null or false (`in (None, False)` would also pass 0, since 0 == False)."""
+    return value is None or value is False
 
 
 def _validated(params: dict[str, Any], body: dict[str, Any]) -> ChatCompletionParams:
@@ -266,9 +378,12 @@ def _text_of(content: Any, where: str) -> str:
 def _assistant_blocks(item: dict[str, Any], index: int) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     content = item.get("content")
-    if content:
+    if content is not None and content != "" and content != []:
         blocks.append(_text_block(_text_of(content, f"messages.{index}.content")))
-    for call_index, call in enumerate(item.get("tool_calls") or []):
+    calls = item.get("tool_calls")
+    if calls is not None and not isinstance(calls, list):
+        raise InvalidRequestError(f"messages.{index}.tool_calls: must be a list")
+    for call_index, call in enumerate(calls or []):
         where = f"messages.{index}.tool_calls.{call_index}"
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
@@ -295,15 +410,20 @@ def _assistant_blocks(item: dict[str, Any], index: int) -> list[dict[str, Any]]:
 def _tools(body: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidRequestError("tools: must be a list of function tools")
     if tools:
         converted = []
         for index, tool in enumerate(tools):
             function = tool.get("function") if isinstance(tool, dict) else None
             if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
                 raise InvalidRequestError(f"tools.{index}: only function tools are supported")
+            parameters = function.get("parameters")
+            if parameters is not None and not isinstance(parameters, dict):
+                raise InvalidRequestError(f"tools.{index}.function.parameters: must be a JSON Schema object")
             converted_tool: dict[str, Any] = {
                 "name": function.get("name"),
-                "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+                "input_schema": parameters or {"type": "object", "properties": {}},
             }
             if function.get("description") is not None:
                 converted_tool["description"] = function["description"]
@@ -378,6 +498,71 @@ def chat_completion(message: Message, *, model: str) -> dict[str, Any]:
         },
         "system_fingerprint": None,
     }
+
+
+_encode = msgspec.json.Encoder().encode
+TEXT_COMPLETION = (
+    b'{"id":%s,"object":"chat.completion","created":%d,"model":%s,"choices":[{"index":0,"message":'
+    b'{"role":"assistant","content":%s,"refusal":null},"logprobs":null,"finish_reason":"%s"}],'
+    b'"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,'
+    b'"prompt_tokens_details":{"cached_tokens":%d}},"system_fingerprint":null}'
+)
+"""`chat_completion` for a reply without tool calls, as the bytes msgspec would encode it (same keys, same
+order), to fill with `text_completion_values`: a batch renders one per request, and a template skips
+building the dicts."""
+
+
+def chat_completion_json(message: Message, *, model: str) -> bytes:
+    """`chat_completion(message, model=model)` encoded as JSON."""
+    values = text_completion_values(message, model=model)
+    return TEXT_COMPLETION % values if values is not None else _encode(chat_completion(message, model=model))
+
+
+def text_completion_values(message: Message, *, model: str) -> tuple[bytes | int, ...] | None:
+    """What `TEXT_COMPLETION` takes for `chat_completion(message, model=model)`; None where the template
+    does not fit (tool calls, an upstream's own completion, usage that is not plain integers)."""
+    text = _plain_reply_text(message)
+    usage = message.get("usage") or {}
+    input_tokens = usage.get("input_tokens") or 0
+    cached = usage.get("cache_read_input_tokens") or 0
+    creation = usage.get("cache_creation_input_tokens") or 0
+    completion = usage.get("output_tokens") or 0
+    if text is None or not (
+        type(input_tokens) is int and type(cached) is int and type(creation) is int and type(completion) is int
+    ):
+        return None
+    message_id = message.get("id")
+    prompt = input_tokens + cached + creation
+    return (
+        _encode("chatcmpl-" + (message_id[4:] if isinstance(message_id, str) else ids.message_id()[4:])),
+        int(time.time()),
+        _encode(model),
+        _encode(text),
+        _FINISH_REASONS.get(str(message.get("stop_reason")), "stop").encode(),
+        prompt,
+        completion,
+        prompt + completion,
+        cached,
+    )
+
+
+def _plain_reply_text(message: Message) -> str | None:
+    """The reply's text if `chat_completion` would answer with text alone (None: tool calls, or an
+    OpenAI-compatible upstream's own completion)."""
+    if NATIVE_COMPLETION in message:
+        return None
+    blocks: list[dict[str, Any]] = message.get("content") or []
+    if len(blocks) == 1 and blocks[0].get("type") == "text":
+        text = blocks[0]["text"]
+        return text if type(text) is str else None  # the general path says what is wrong
+    texts = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "tool_use":
+            return None
+        if kind == "text":
+            texts.append(block["text"])
+    return "".join(texts)
 
 
 def _normalized(data: dict[str, Any], message: Message, *, model: str) -> dict[str, Any]:
