@@ -33,6 +33,17 @@ def _insert_sql(rows: int) -> str:
     )
 
 
+@functools.cache
+def _outcomes_sql(rows: int, *, returning: bool) -> str:
+    # Leading with UPDATE (not WITH) keeps it DML to the sqlite3 module: it opens the transaction.
+    return (
+        "UPDATE requests SET state = ?, result = done.column2, lease_owner = NULL, lease_expires_at = NULL "
+        "FROM (VALUES " + ",".join(["(?, ?, ?)"] * rows) + ") AS done WHERE requests.id = done.column1 "
+        "AND requests.state = 'running' AND requests.lease_owner = ? AND requests.attempt = done.column3"
+        + (" RETURNING requests.id" if returning else "")
+    )
+
+
 # Enough for the writer, the readers and the checkpointer threads the store runs.
 _POOL_SIZE = 8
 # The next n pending requests of an in-progress batch, in id order, as one value: records separated by
@@ -123,14 +134,20 @@ class SQLiteStore(Store):
         written: list[int] = []
         for start in range(0, len(group), _ROWS_PER_STATEMENT):
             some = group[start : start + _ROWS_PER_STATEMENT]
-            # Leading with UPDATE (not WITH) keeps it DML to the sqlite3 module: it opens the transaction.
-            cursor.execute(
-                "UPDATE requests SET state = ?, result = done.column2, lease_owner = NULL, "
-                "lease_expires_at = NULL FROM (VALUES " + ",".join(["(?, ?, ?)"] * len(some)) + ") AS done "
-                "WHERE requests.id = done.column1 AND requests.state = 'running' "
-                "AND requests.lease_owner = ? AND requests.attempt = done.column3 RETURNING requests.id",
-                [state, *chain.from_iterable((d.request_id, d.line, d.attempt) for d in some), owner],
-            )
+            values = [state, *chain.from_iterable((d.request_id, d.line, d.attempt) for d in some), owner]
+            # Nearly always every row still holds its lease, and then the row count alone says which
+            # were written: RETURNING would hand back each id by its own step, and each step releases
+            # the GIL and may wait a switch interval to get it back while the event loop is busy. Only
+            # when some lease was lost is the statement undone and run again, returning the ids.
+            cursor.execute("SAVEPOINT outcomes")
+            cursor.execute(_outcomes_sql(len(some), returning=False), values)
+            if cursor.rowcount == len(some):  # a row is updated at most once: each of them was
+                cursor.execute("RELEASE outcomes")
+                written.extend(d.request_id for d in some)
+                continue
+            cursor.execute("ROLLBACK TO outcomes")
+            cursor.execute("RELEASE outcomes")
+            cursor.execute(_outcomes_sql(len(some), returning=True), values)
             written.extend(row[0] for row in cursor.fetchall())
         return written
 
