@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from typing import Any, ClassVar
@@ -17,7 +17,6 @@ from overnight.store.records import Completion, LeasedRequest
 # Writes go as one statement per few hundred rows, never one per row: each statement releases the GIL
 # once while SQLite works, where executemany releases and retakes it for every row — and with the event
 # loop busy, retaking it can wait a whole switch interval (5 ms) each time.
-_ROWS_PER_STATEMENT = 500
 # Inserts bind more rows per statement (a 250 MB create: 25 statements, not 200, each one more wait for
 # the GIL after SQLite's work, with the event loop busy meanwhile). Only these few sizes: the
 # sqlite3 module caches each statement, and a cached statement keeps SQLite's copy of the values last
@@ -30,17 +29,6 @@ def _insert_sql(rows: int) -> str:
     # The batch's seq is the first parameter, used by every row (`?1`), so batches share statements.
     return "INSERT INTO requests (batch_seq, custom_id, params, state, attempt) VALUES " + ",".join(
         ["(?1, ?, ?, 'pending', 0)"] * rows
-    )
-
-
-@functools.cache
-def _outcomes_sql(rows: int, *, returning: bool) -> str:
-    # Leading with UPDATE (not WITH) keeps it DML to the sqlite3 module: it opens the transaction.
-    return (
-        "UPDATE requests SET state = ?, result = done.column2, lease_owner = NULL, lease_expires_at = NULL "
-        "FROM (VALUES " + ",".join(["(?, ?, ?)"] * rows) + ") AS done WHERE requests.id = done.column1 "
-        "AND requests.state = 'running' AND requests.lease_owner = ? AND requests.attempt = done.column3"
-        + (" RETURNING requests.id" if returning else "")
     )
 
 
@@ -67,6 +55,38 @@ _RESULT_CHUNK_SQL = (
     "AS BLOB), count(*) FROM requests WHERE id BETWEEN ? AND ? AND +batch_seq = ?"  # `+`: by id, not by index
     " AND state IN ('succeeded', 'errored', 'canceled', 'expired')"
 )
+
+
+# Result writes bind up to 2000 rows a statement (6002 parameters; SQLite allows 32766), and pad the
+# last piece of a group with rows that match no request (id 0) up to one of these sizes: few statements
+# (each one more wait for the GIL after SQLite's work) and only these few ever prepared and cached.
+_OUTCOME_STATEMENT_ROWS = (2000, 700, 250, 80, 25, 8)
+_NO_REQUEST = (0, None, 0)
+
+
+@functools.cache
+def _outcomes_sql(rows: int, *, returning: bool) -> str:
+    # Leading with UPDATE (not WITH) keeps it DML to the sqlite3 module: it opens the transaction.
+    return (
+        "UPDATE requests SET state = ?, result = done.column2, lease_owner = NULL, lease_expires_at = NULL "
+        "FROM (VALUES " + ",".join(["(?, ?, ?)"] * rows) + ") AS done WHERE requests.id = done.column1 "
+        "AND requests.state = 'running' AND requests.lease_owner = ? AND requests.attempt = done.column3"
+        + (" RETURNING requests.id" if returning else "")
+    )
+
+
+def _outcome_pieces(state: str, group: Sequence[Completion], owner: str) -> Iterator[tuple[int, int, list[Any]]]:
+    """(rows, statement size, parameters) of each statement writing `group`."""
+    start = 0
+    while start < len(group):
+        size = next(
+            (size for size in reversed(_OUTCOME_STATEMENT_ROWS) if size >= len(group) - start),
+            _OUTCOME_STATEMENT_ROWS[0],
+        )
+        some = group[start : start + size]
+        start += size
+        rows = chain.from_iterable((d.request_id, d.line, d.attempt) for d in some)
+        yield len(some), size, [state, *rows, *_NO_REQUEST * (size - len(some)), owner]
 
 
 class SQLiteStore(Store):
@@ -131,23 +151,23 @@ class SQLiteStore(Store):
 
     def _write_outcomes(self, conn: Connection, state: str, group: Sequence[Completion], owner: str) -> list[int]:
         cursor = self._driver_cursor(conn)
-        written: list[int] = []
-        for start in range(0, len(group), _ROWS_PER_STATEMENT):
-            some = group[start : start + _ROWS_PER_STATEMENT]
-            values = [state, *chain.from_iterable((d.request_id, d.line, d.attempt) for d in some), owner]
-            # Nearly always every row still holds its lease, and then the row count alone says which
-            # were written: RETURNING would hand back each id by its own step, and each step releases
-            # the GIL and may wait a switch interval to get it back while the event loop is busy. Only
-            # when some lease was lost is the statement undone and run again, returning the ids.
-            cursor.execute("SAVEPOINT outcomes")
-            cursor.execute(_outcomes_sql(len(some), returning=False), values)
-            if cursor.rowcount == len(some):  # a row is updated at most once: each of them was
-                cursor.execute("RELEASE outcomes")
-                written.extend(d.request_id for d in some)
-                continue
-            cursor.execute("ROLLBACK TO outcomes")
+        # Nearly always every row still holds its lease, and then the row counts alone say which were
+        # written: RETURNING would hand back each id by its own step, and each step releases the GIL
+        # and may wait a switch interval to get it back while the event loop is busy. Only when some
+        # lease was lost are the statements undone and run again, returning the ids.
+        cursor.execute("SAVEPOINT outcomes")
+        for rows, size, values in _outcome_pieces(state, group, owner):
+            cursor.execute(_outcomes_sql(size, returning=False), values)
+            if cursor.rowcount != rows:  # a row is updated at most once: all of them, or not
+                break
+        else:
             cursor.execute("RELEASE outcomes")
-            cursor.execute(_outcomes_sql(len(some), returning=True), values)
+            return [done.request_id for done in group]
+        cursor.execute("ROLLBACK TO outcomes")
+        cursor.execute("RELEASE outcomes")
+        written: list[int] = []
+        for _, size, values in _outcome_pieces(state, group, owner):
+            cursor.execute(_outcomes_sql(size, returning=True), values)
             written.extend(row[0] for row in cursor.fetchall())
         return written
 

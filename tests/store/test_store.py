@@ -361,28 +361,33 @@ async def test_usage_is_summed_with_the_results_it_counts(store: Store) -> None:
 
 
 async def test_a_group_of_results_writes_exactly_those_still_leased(store: Store) -> None:
-    # Groups span several statements (hundreds of rows each); a lease lost in one of them (here: taken
-    # back and leased again, so the first attempt is stale) or a result repeated in the group must not
-    # keep the other rows from being written, nor be written or counted itself.
-    record = await make_batch(store, 1200)
-    leased = await store.lease_requests([(record.seq, 1200)], owner="me", lease_until=100)
-    lost = {item.id for item in leased[550:560]} | {item.id for item in leased[1190:]}
-    assert await store.recover_expired_leases([record.seq], now=150) == 1200
-    again = await store.lease_requests([(record.seq, 1200)], owner="me", lease_until=FAR_FUTURE)
+    # Groups span several statements (up to thousands of rows each); a lease lost in one of them (here:
+    # taken back and leased again, so the first attempt is stale) or a result repeated in the group must
+    # not keep the other rows from being written, nor be written or counted itself.
+    record = await make_batch(store, 4500)
+    leased = await store.lease_requests([(record.seq, 4500)], owner="me", lease_until=100)
+    clean, rest = leased[:2100], leased[2100:]
+    written = await store.complete_requests(
+        [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"ok\n", (2, 1, 0, 0)) for i in clean], owner="me", now=150
+    )
+    assert [c.request_id for c in written.written] == [i.id for i in clean]
+    lost = {item.id for item in rest[550:560]} | {item.id for item in rest[2390:]}
+    assert await store.recover_expired_leases([record.seq], now=150) == 2400
+    again = await store.lease_requests([(record.seq, 2400)], owner="me", lease_until=FAR_FUTURE)
     attempt = {item.id: item.attempt for item in again}
     done = [
-        Completion(i.id, i.batch_seq, attempt[i.id] - (i.id in lost), SUCCEEDED, b"ok\n", (2, 1, 0, 0)) for i in leased
+        Completion(i.id, i.batch_seq, attempt[i.id] - (i.id in lost), SUCCEEDED, b"ok\n", (2, 1, 0, 0)) for i in rest
     ]
     completed = await store.complete_requests([*done, done[3]], owner="me", now=200)
-    assert sorted(c.request_id for c in completed.written) == sorted(i.id for i in leased if i.id not in lost)
+    assert sorted(c.request_id for c in completed.written) == sorted(i.id for i in rest if i.id not in lost)
     assert completed.batches_ended == 0
     after = await store.get_batch("w", record.id)
     assert after is not None
-    assert (after.succeeded, after.processing, after.usage) == (1180, 20, Usage(2360, 1180, 0, 0))
+    assert (after.succeeded, after.processing, after.usage) == (4480, 20, Usage(8960, 4480, 0, 0))
     assert_counts_add_up(after)
     # The stale ones were still leased; their own attempt writes them, and the batch ends.
-    rest = [Completion(i, record.seq, attempt[i], ERRORED, b"late\n") for i in sorted(lost)]
-    assert (await store.complete_requests(rest, owner="me", now=300)).batches_ended == 1
+    late = [Completion(i, record.seq, attempt[i], ERRORED, b"late\n") for i in sorted(lost)]
+    assert (await store.complete_requests(late, owner="me", now=300)).batches_ended == 1
     assert await all_results(store, record.id) == b"".join(
         b"late\n" if i.id in lost else b"ok\n" for i in sorted(leased, key=lambda item: item.id)
     )
