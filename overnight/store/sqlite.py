@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
@@ -32,6 +33,7 @@ def _insert_sql(rows: int) -> str:
     )
 
 
+_CHECKPOINT_WHILE_WRITING_SECONDS = 5.0
 # Enough for the writer, the readers and the checkpointer threads the store runs.
 _POOL_SIZE = 8
 # The next n pending requests of an in-progress batch, in id order, as one value: records separated by
@@ -98,12 +100,24 @@ class SQLiteStore(Store):
         # order relies on it.
         super().__init__(connect(url))
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="store-checkpoint")
+        self._writes = 0  # write transactions begun, ever
+        self._writes_seen = -1  # ... when `checkpoint` was last called
+        self._checkpointed_at = float("-inf")
 
     def close(self) -> None:
         self._checkpointer.shutdown(wait=True)
         super().close()
 
     async def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database file; while writes keep coming, only every few
+        seconds. Each checkpoint copies every page written since the last one, and the queue's pages are
+        written again and again while a batch runs (leased, then its results): copied once a second,
+        most copies are wasted, and they take a core from the engine. Idle, it catches up at once."""
+        writes, now = self._writes, time.monotonic()
+        busy, self._writes_seen = writes != self._writes_seen, writes
+        if busy and now - self._checkpointed_at < _CHECKPOINT_WHILE_WRITING_SECONDS:
+            return
+        self._checkpointed_at = now
         await asyncio.get_running_loop().run_in_executor(self._checkpointer, self._checkpoint)
 
     def _checkpoint(self) -> None:
@@ -115,6 +129,7 @@ class SQLiteStore(Store):
         # Take the write lock before the first read, so that what a transaction reads (a queue total,
         # the rows it then updates) cannot change under it; with one writer thread this never waits.
         self._driver_cursor(conn).execute("BEGIN IMMEDIATE")
+        self._writes += 1
 
     def _insert_requests(self, conn: Connection, seq: int, items: Sequence[tuple[str, Any]]) -> tuple[int, int]:
         cursor = self._driver_cursor(conn)

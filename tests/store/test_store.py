@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from overnight.store import BatchRecord, Completed, Completion, QueueFullError, Store, Usage, open_store
 from overnight.store import base as store_module
+from overnight.store import sqlite as sqlite_module
 from overnight.store.records import ENDED, ERRORED, SUCCEEDED
 from overnight.store.sqlite import SQLiteStore
 
@@ -260,6 +261,35 @@ async def test_checkpoint_moves_every_committed_page_into_the_database_file(stor
     assert database.stat().st_size > 12_000_000
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == 8192
+
+
+async def test_checkpoints_wait_while_writes_keep_coming_and_catch_up_when_they_stop(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("SQLite's WAL only")
+    database = tmp_path / "db.sqlite3"
+    big = b'{"model":"m","pad":"%s"}' % (b"x" * 4000)
+
+    async def write(batch_id: str) -> None:
+        items = [(f"r{i}", big) for i in range(1000)]  # ~4 MB
+        await store.insert_batch(batch_id=batch_id, workspace="w", created_at=1, expires_at=FAR_FUTURE, items=items)
+
+    await write("msgbatch_1")
+    await store.checkpoint()  # the first one always runs
+    first = database.stat().st_size
+    assert first > 4_000_000
+    await write("msgbatch_2")
+    await store.checkpoint()  # written since the last call, and checkpointed just now: later
+    assert database.stat().st_size == first
+    await store.checkpoint()  # nothing written since the last call: the writes stopped, catch up
+    second = database.stat().st_size
+    assert second > first + 4_000_000
+    # While writes keep coming, one still runs every few seconds.
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_WHILE_WRITING_SECONDS", 0.0)
+    await write("msgbatch_3")
+    await store.checkpoint()
+    assert database.stat().st_size > second + 4_000_000
 
 
 async def test_results_deleted_while_streaming_end_in_an_error_not_a_short_stream(
