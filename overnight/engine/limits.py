@@ -27,9 +27,16 @@ class AdaptiveLimit:
         self._last_decrease = float("-inf")
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def __aenter__(self) -> None:
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and no call queues for one: the common case, with no coroutine."""
         if self.active < self.limit and not self._waiters:
             self.active += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Take a slot, queueing (first come, first served) until one is free."""
+        if self.try_acquire():
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -43,11 +50,17 @@ class AdaptiveLimit:
                 self._waiters.remove(waiter)
             raise
 
+    def release(self) -> None:
+        self.active -= 1
+        self._admit()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.active -= 1
-        self._admit()
+        self.release()
 
     @property
     def waiting(self) -> int:

@@ -268,7 +268,8 @@ class Scheduler:
             if self._unyielded >= _MAX_UNYIELDED:
                 self._unyielded = 0
                 await asyncio.sleep(0)
-            item = await self._buffer.get()
+            # Straight from the buffer when it has something, without a coroutine for `get`.
+            item = self._buffer.get_nowait() if self._buffer.qsize() else await self._buffer.get()
             if item is None:
                 return
             if self._pending_seen and self._buffer.qsize() < self._refill_below:
@@ -380,7 +381,11 @@ class Scheduler:
         now = time.perf_counter()
         elapsed = max(now - self._last_flush_at, _FLUSH_INTERVAL_SECONDS)
         self._last_flush_at = now
-        self._rate_per_second = 0.8 * self._rate_per_second + 0.2 * (len(group) / elapsed)
+        # Up quickly, down slowly: at a batch's start the buffer target (half a second of work at this
+        # rate) would otherwise take many flushes to grow, and the workers would wait for each lease.
+        sample = len(group) / elapsed
+        weight = 0.5 if sample > self._rate_per_second else 0.2
+        self._rate_per_second += weight * (sample - self._rate_per_second)
 
     # --- leases -------------------------------------------------------------------------------
 

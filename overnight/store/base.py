@@ -21,7 +21,8 @@ import logging
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
+from itertools import groupby, islice
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
@@ -74,6 +75,9 @@ S = TypeVar("S", bound="Store")
 MIGRATIONS = Path(__file__).parent / "migrations"
 _RESULT_CHUNK_IDS = 5000
 _READS_AHEAD = 2
+_SEQ = attrgetter("batch_seq")
+_SEQ_AND_STATE = attrgetter("batch_seq", "state")
+_USAGE = attrgetter("usage")
 _RETRIES = 4  # attempts of a transaction that lost a deadlock or serialization race
 
 
@@ -477,27 +481,30 @@ class Store:
         groups: dict[str, list[Completion]] = defaultdict(list)
         for done in completions:
             groups[done.state].append(done)
-        by_id = {done.request_id: done for done in completions}
-        counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        usage: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         written: list[Completion] = []
         with self.engine.begin() as conn:
             self._begin_write(conn)
             for state, group in groups.items():
-                for request_id in self._write_outcomes(conn, state, group, owner):
-                    done = by_id[request_id]
-                    written.append(done)
-                    counts[done.batch_seq][state] += 1
-                    if done.usage is not None:
-                        totals = usage[done.batch_seq]
-                        for index, value in enumerate(done.usage):
-                            totals[index] += value
+                ids = self._write_outcomes(conn, state, group, owner)
+                if len(ids) == len(group):
+                    written += group  # the ids are distinct and the group's own: all of it took effect
+                else:
+                    by_id = {done.request_id: done for done in group}
+                    written += map(by_id.__getitem__, ids)
+            # Counted per batch with C loops (Counter, sorted, zip, sum): groups run to thousands.
+            counts: dict[int, dict[str, int]] = defaultdict(dict)
+            for (seq, state), count in Counter(map(_SEQ_AND_STATE, written)).items():
+                counts[seq][state] = count
+            usage = {
+                seq: [sum(column) for column in zip(*filter(None, map(_USAGE, of_batch)), strict=True)]
+                for seq, of_batch in groupby(sorted(written, key=_SEQ), key=_SEQ)
+            }
             for seq in sorted(counts):
-                self._add_counts(conn, seq, counts[seq], usage.get(seq))
+                self._add_counts(conn, seq, counts[seq], usage.get(seq) or None)
             return Completed(written, self._end_if_done(conn, sorted(counts), now))
 
     def _write_outcomes(self, conn: Connection, state: str, group: Sequence[Completion], owner: str) -> list[int]:
-        """Compare-and-set these outcomes, all in `state`; return the ids actually written."""
+        """Compare-and-set these outcomes, all in `state`; return the ids actually written (each once)."""
         raise NotImplementedError
 
     @writes

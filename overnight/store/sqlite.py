@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from typing import Any, ClassVar
@@ -17,7 +18,6 @@ from overnight.store.records import Completion, LeasedRequest
 # Writes go as one statement per few hundred rows, never one per row: each statement releases the GIL
 # once while SQLite works, where executemany releases and retakes it for every row — and with the event
 # loop busy, retaking it can wait a whole switch interval (5 ms) each time.
-_ROWS_PER_STATEMENT = 500
 # Inserts bind more rows per statement (a 250 MB create: 25 statements, not 200, each one more wait for
 # the GIL after SQLite's work, with the event loop busy meanwhile). Only these few sizes: the
 # sqlite3 module caches each statement, and a cached statement keeps SQLite's copy of the values last
@@ -33,6 +33,7 @@ def _insert_sql(rows: int) -> str:
     )
 
 
+_CHECKPOINT_WHILE_WRITING_SECONDS = 5.0
 # Enough for the writer, the readers and the checkpointer threads the store runs.
 _POOL_SIZE = 8
 # The next n pending requests of an in-progress batch, in id order, as one value: records separated by
@@ -58,6 +59,38 @@ _RESULT_CHUNK_SQL = (
 )
 
 
+# Result writes bind up to 2000 rows a statement (6002 parameters; SQLite allows 32766), and pad the
+# last piece of a group with rows that match no request (id 0) up to one of these sizes: few statements
+# (each one more wait for the GIL after SQLite's work) and only these few ever prepared and cached.
+_OUTCOME_STATEMENT_ROWS = (2000, 700, 250, 80, 25, 8)
+_NO_REQUEST = (0, None, 0)
+
+
+@functools.cache
+def _outcomes_sql(rows: int, *, returning: bool) -> str:
+    # Leading with UPDATE (not WITH) keeps it DML to the sqlite3 module: it opens the transaction.
+    return (
+        "UPDATE requests SET state = ?, result = done.column2, lease_owner = NULL, lease_expires_at = NULL "
+        "FROM (VALUES " + ",".join(["(?, ?, ?)"] * rows) + ") AS done WHERE requests.id = done.column1 "
+        "AND requests.state = 'running' AND requests.lease_owner = ? AND requests.attempt = done.column3"
+        + (" RETURNING requests.id" if returning else "")
+    )
+
+
+def _outcome_pieces(state: str, group: Sequence[Completion], owner: str) -> Iterator[tuple[int, int, list[Any]]]:
+    """(rows, statement size, parameters) of each statement writing `group`."""
+    start = 0
+    while start < len(group):
+        size = next(
+            (size for size in reversed(_OUTCOME_STATEMENT_ROWS) if size >= len(group) - start),
+            _OUTCOME_STATEMENT_ROWS[0],
+        )
+        some = group[start : start + size]
+        start += size
+        rows = chain.from_iterable((d.request_id, d.line, d.attempt) for d in some)
+        yield len(some), size, [state, *rows, *_NO_REQUEST * (size - len(some)), owner]
+
+
 class SQLiteStore(Store):
     # The data dir is locked to one server (see the CLI), so nothing else holds leases here.
     single_process: ClassVar[bool] = True
@@ -67,12 +100,24 @@ class SQLiteStore(Store):
         # order relies on it.
         super().__init__(connect(url))
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="store-checkpoint")
+        self._writes = 0  # write transactions begun, ever
+        self._writes_seen = -1  # ... when `checkpoint` was last called
+        self._checkpointed_at = float("-inf")
 
     def close(self) -> None:
         self._checkpointer.shutdown(wait=True)
         super().close()
 
     async def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database file; while writes keep coming, only every few
+        seconds. Each checkpoint copies every page written since the last one, and the queue's pages are
+        written again and again while a batch runs (leased, then its results): copied once a second,
+        most copies are wasted, and they take a core from the engine. Idle, it catches up at once."""
+        writes, now = self._writes, time.monotonic()
+        busy, self._writes_seen = writes != self._writes_seen, writes
+        if busy and now - self._checkpointed_at < _CHECKPOINT_WHILE_WRITING_SECONDS:
+            return
+        self._checkpointed_at = now
         await asyncio.get_running_loop().run_in_executor(self._checkpointer, self._checkpoint)
 
     def _checkpoint(self) -> None:
@@ -84,6 +129,7 @@ class SQLiteStore(Store):
         # Take the write lock before the first read, so that what a transaction reads (a queue total,
         # the rows it then updates) cannot change under it; with one writer thread this never waits.
         self._driver_cursor(conn).execute("BEGIN IMMEDIATE")
+        self._writes += 1
 
     def _insert_requests(self, conn: Connection, seq: int, items: Sequence[tuple[str, Any]]) -> tuple[int, int]:
         cursor = self._driver_cursor(conn)
@@ -120,17 +166,23 @@ class SQLiteStore(Store):
 
     def _write_outcomes(self, conn: Connection, state: str, group: Sequence[Completion], owner: str) -> list[int]:
         cursor = self._driver_cursor(conn)
+        # Nearly always every row still holds its lease, and then the row counts alone say which were
+        # written: RETURNING would hand back each id by its own step, and each step releases the GIL
+        # and may wait a switch interval to get it back while the event loop is busy. Only when some
+        # lease was lost are the statements undone and run again, returning the ids.
+        cursor.execute("SAVEPOINT outcomes")
+        for rows, size, values in _outcome_pieces(state, group, owner):
+            cursor.execute(_outcomes_sql(size, returning=False), values)
+            if cursor.rowcount != rows:  # a row is updated at most once: all of them, or not
+                break
+        else:
+            cursor.execute("RELEASE outcomes")
+            return [done.request_id for done in group]
+        cursor.execute("ROLLBACK TO outcomes")
+        cursor.execute("RELEASE outcomes")
         written: list[int] = []
-        for start in range(0, len(group), _ROWS_PER_STATEMENT):
-            some = group[start : start + _ROWS_PER_STATEMENT]
-            # Leading with UPDATE (not WITH) keeps it DML to the sqlite3 module: it opens the transaction.
-            cursor.execute(
-                "UPDATE requests SET state = ?, result = done.column2, lease_owner = NULL, "
-                "lease_expires_at = NULL FROM (VALUES " + ",".join(["(?, ?, ?)"] * len(some)) + ") AS done "
-                "WHERE requests.id = done.column1 AND requests.state = 'running' "
-                "AND requests.lease_owner = ? AND requests.attempt = done.column3 RETURNING requests.id",
-                [state, *chain.from_iterable((d.request_id, d.line, d.attempt) for d in some), owner],
-            )
+        for _, size, values in _outcome_pieces(state, group, owner):
+            cursor.execute(_outcomes_sql(size, returning=True), values)
             written.extend(row[0] for row in cursor.fetchall())
         return written
 

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from overnight.store import BatchRecord, Completed, Completion, QueueFullError, Store, Usage, open_store
 from overnight.store import base as store_module
+from overnight.store import sqlite as sqlite_module
 from overnight.store.records import ENDED, ERRORED, SUCCEEDED
 from overnight.store.sqlite import SQLiteStore
 
@@ -262,6 +263,35 @@ async def test_checkpoint_moves_every_committed_page_into_the_database_file(stor
         assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == 8192
 
 
+async def test_checkpoints_wait_while_writes_keep_coming_and_catch_up_when_they_stop(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("SQLite's WAL only")
+    database = tmp_path / "db.sqlite3"
+    big = b'{"model":"m","pad":"%s"}' % (b"x" * 4000)
+
+    async def write(batch_id: str) -> None:
+        items = [(f"r{i}", big) for i in range(1000)]  # ~4 MB
+        await store.insert_batch(batch_id=batch_id, workspace="w", created_at=1, expires_at=FAR_FUTURE, items=items)
+
+    await write("msgbatch_1")
+    await store.checkpoint()  # the first one always runs
+    first = database.stat().st_size
+    assert first > 4_000_000
+    await write("msgbatch_2")
+    await store.checkpoint()  # written since the last call, and checkpointed just now: later
+    assert database.stat().st_size == first
+    await store.checkpoint()  # nothing written since the last call: the writes stopped, catch up
+    second = database.stat().st_size
+    assert second > first + 4_000_000
+    # While writes keep coming, one still runs every few seconds.
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_WHILE_WRITING_SECONDS", 0.0)
+    await write("msgbatch_3")
+    await store.checkpoint()
+    assert database.stat().st_size > second + 4_000_000
+
+
 async def test_results_deleted_while_streaming_end_in_an_error_not_a_short_stream(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -358,6 +388,39 @@ async def test_usage_is_summed_with_the_results_it_counts(store: Store) -> None:
     assert after is not None and after.usage == Usage(30, 6, 3, 12)
     assert await store.workspace_usage("w") == (1, Usage(30, 6, 3, 12))
     assert await store.workspace_usage("nobody") == (0, Usage())
+
+
+async def test_a_group_of_results_writes_exactly_those_still_leased(store: Store) -> None:
+    # Groups span several statements (up to thousands of rows each); a lease lost in one of them (here:
+    # taken back and leased again, so the first attempt is stale) or a result repeated in the group must
+    # not keep the other rows from being written, nor be written or counted itself.
+    record = await make_batch(store, 4500)
+    leased = await store.lease_requests([(record.seq, 4500)], owner="me", lease_until=100)
+    clean, rest = leased[:2100], leased[2100:]
+    written = await store.complete_requests(
+        [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"ok\n", (2, 1, 0, 0)) for i in clean], owner="me", now=150
+    )
+    assert [c.request_id for c in written.written] == [i.id for i in clean]
+    lost = {item.id for item in rest[550:560]} | {item.id for item in rest[2390:]}
+    assert await store.recover_expired_leases([record.seq], now=150) == 2400
+    again = await store.lease_requests([(record.seq, 2400)], owner="me", lease_until=FAR_FUTURE)
+    attempt = {item.id: item.attempt for item in again}
+    done = [
+        Completion(i.id, i.batch_seq, attempt[i.id] - (i.id in lost), SUCCEEDED, b"ok\n", (2, 1, 0, 0)) for i in rest
+    ]
+    completed = await store.complete_requests([*done, done[3]], owner="me", now=200)
+    assert sorted(c.request_id for c in completed.written) == sorted(i.id for i in rest if i.id not in lost)
+    assert completed.batches_ended == 0
+    after = await store.get_batch("w", record.id)
+    assert after is not None
+    assert (after.succeeded, after.processing, after.usage) == (4480, 20, Usage(8960, 4480, 0, 0))
+    assert_counts_add_up(after)
+    # The stale ones were still leased; their own attempt writes them, and the batch ends.
+    late = [Completion(i, record.seq, attempt[i], ERRORED, b"late\n") for i in sorted(lost)]
+    assert (await store.complete_requests(late, owner="me", now=300)).batches_ended == 1
+    assert await all_results(store, record.id) == b"".join(
+        b"late\n" if i.id in lost else b"ok\n" for i in sorted(leased, key=lambda item: item.id)
+    )
 
 
 async def test_live_workers_split_a_shared_cap_exactly(store: Store, twin: Store) -> None:
