@@ -113,7 +113,9 @@ def test_big_create_stores_every_request_in_order(server: ServerProcess, raw: ht
 
 def test_bad_last_request_is_400_and_nothing_is_stored(server: ServerProcess, raw: httpx.Client) -> None:
     before = _batch_ids(raw)
+    streamed = _streamed_batches(server)
     status, error = _post(server, _body(prefix="bad", last_custom_id="not valid!"))
+    assert _streamed_batches(server) == streamed + servers_use_postgres()  # rolled back, not skipped
     assert status == 400, error
     assert error["error"]["type"] == "invalid_request_error"
     assert f"requests[{COUNT - 1}].custom_id" in error["error"]["message"]
@@ -122,7 +124,9 @@ def test_bad_last_request_is_400_and_nothing_is_stored(server: ServerProcess, ra
 
 def test_duplicate_custom_id_at_the_end_is_400_and_nothing_is_stored(server: ServerProcess, raw: httpx.Client) -> None:
     before = _batch_ids(raw)
+    streamed = _streamed_batches(server)
     status, error = _post(server, _body(prefix="dup", last_custom_id="dup-0"))
+    assert _streamed_batches(server) == streamed + servers_use_postgres()  # rolled back, not skipped
     assert status == 400, error
     assert error["error"]["message"] == (f"requests.{COUNT - 1}.custom_id: 'dup-0' is not unique (also at requests.0)")
     assert _batch_ids(raw) == before
@@ -163,12 +167,14 @@ def test_big_create_with_params_before_custom_id_and_whitespace(server: ServerPr
 
 def test_client_that_goes_away_midway_stores_nothing(server: ServerProcess, raw: httpx.Client) -> None:
     before = _batch_ids(raw)
+    streamed = _streamed_batches(server)
     body = _body(prefix="gone")
     assert server.port is not None
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
         sock.sendall(_head(len(body)))
         sock.sendall(body[: len(body) * 3 // 4])
         time.sleep(0.5)
+    assert _streamed_batches(server) == streamed + servers_use_postgres()  # the copy had begun
     # The server saw the disconnect and rolled back: a later create is stored, the partial one never is.
     status, batch = _post(server, _body(count=10, prefix="after"))
     assert status == 200, batch
