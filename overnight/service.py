@@ -7,7 +7,7 @@ which errors to raise); it never waits for a model.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -19,6 +19,7 @@ from overnight.metrics import NO_BACKEND, Metrics
 from overnight.protocol.batches import batch_object, batch_page, decode_create_body, deleted_object
 from overnight.store import BatchRecord, QueueFullError, Store, UnknownCursorError
 from overnight.store.records import CANCELED, CANCELING, ENDED
+from overnight.streamed_create import StreamedCreate
 from overnight.timestamps import MICROS, now_micros
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ class BatchService:
         """Store a new batch; `betas` are the `anthropic-beta` features its requests are sent with."""
         items = decode_create_body(body, max_requests=self.settings.max_requests)
         created_at = now_micros()
-        try:
-            record = await self.store.insert_batch(
+        record = await _queued(
+            self.store.insert_batch(
                 batch_id=ids.batch_id(),
                 workspace=workspace,
                 created_at=created_at,
@@ -57,12 +58,31 @@ class BatchService:
                 betas=betas,
                 max_queued_requests=self.settings.max_queued_requests,
             )
-        except QueueFullError as exc:
-            raise RateLimitError(
-                f"Too many requests waiting in this workspace's queue (limit {exc.limit}); "
-                "retry when some batches have ended",
-                retry_after_seconds=30,
-            ) from None
+        )
+        return self._created(record, betas, public_base_url)
+
+    async def create_streamed(
+        self,
+        workspace: str,
+        chunks: AsyncIterator[bytes],
+        public_base_url: str,
+        *,
+        declared_length: int | None,
+        betas: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """`create`, from the body's chunks as they arrive: where the store has a streamed insert, a big
+        body's requests are decoded and stored meanwhile (see `StreamedCreate`); elsewhere the body is
+        read whole first."""
+        if not self.store.streamed_inserts:
+            body = bytearray()
+            async for chunk in chunks:
+                body += chunk
+            return await self.create(workspace, body, public_base_url, betas=betas)
+        streamed = StreamedCreate(self.store, self.settings, workspace, betas, declared_length)
+        record = await _queued(streamed.run(chunks))
+        return self._created(record, betas, public_base_url)
+
+    def _created(self, record: BatchRecord, betas: Sequence[str], public_base_url: str) -> dict[str, Any]:
         self.metrics.batches_created += 1
         if self.listener:
             # The batch is committed: a failure to wake the scheduler must not turn this into a 5xx (the
@@ -153,3 +173,15 @@ class BatchService:
         if record is None:
             raise NotFoundError(f"No batch with id {batch_id!r}")
         return record
+
+
+async def _queued(insert: Awaitable[BatchRecord]) -> BatchRecord:
+    """The stored batch, or the API's 429 when the workspace's queue is full."""
+    try:
+        return await insert
+    except QueueFullError as exc:
+        raise RateLimitError(
+            f"Too many requests waiting in this workspace's queue (limit {exc.limit}); "
+            "retry when some batches have ended",
+            retry_after_seconds=30,
+        ) from None

@@ -28,17 +28,36 @@ async def read_body(request: Request, settings: Settings) -> bytearray:
 async def read_capped_body(request: Request, limit: int, timeout_seconds: float) -> bytearray:
     """The whole body, or `RequestTooLargeError` past `limit` bytes, or `RequestTimeoutError` when no
     byte arrives for `timeout_seconds`."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    body = bytearray()
+    async for chunk in capped_chunks(request, limit, timeout_seconds):
+        body += chunk
+    return body
+
+
+def body_chunks(request: Request, settings: Settings) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, under the server's size cap and read timeout."""
+    return capped_chunks(request, settings.max_body_bytes, settings.body_read_timeout_seconds)
+
+
+async def capped_chunks(request: Request, limit: int, timeout_seconds: float) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, under the same cap and read timeout as `read_capped_body`."""
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
         await _drain(request, timeout_seconds)
         raise _too_large(limit)
-    body = bytearray()
+    received = 0
     async for chunk in _chunks(request, timeout_seconds):
-        body += chunk
-        if len(body) > limit:
+        received += len(chunk)
+        if received > limit:
             await _drain(request, timeout_seconds)
             raise _too_large(limit)
-    return body
+        yield chunk
+
+
+def declared_length(request: Request) -> int | None:
+    """The body's `content-length`, when the client declared one."""
+    declared = request.headers.get("content-length")
+    return int(declared) if declared is not None and declared.isdigit() else None
 
 
 def body_chunks(request: Request, timeout_seconds: float) -> AsyncIterator[bytes]:

@@ -7,7 +7,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from overnight.api import messages, openapi
-from overnight.api.body import read_body
+from overnight.api.body import body_chunks, declared_length
 from overnight.api.context import beta_features, context_of, page_limit, public_base_url, workspace_of
 from overnight.api.metrics import metrics_endpoint
 from overnight.api.responses import json_response
@@ -17,9 +17,11 @@ async def create_batch(request: Request) -> Response:
     context = context_of(request)
     workspace = workspace_of(request, context)
     betas = beta_features(request, context.settings.max_beta_features)
-    body = await read_body(request, context.settings)
     base_url = public_base_url(request, context.settings)
-    batch = await context.batches.create(workspace, body, base_url, betas=betas)
+    chunks = body_chunks(request, context.settings)
+    batch = await context.batches.create_streamed(
+        workspace, chunks, base_url, declared_length=declared_length(request), betas=betas
+    )
     return json_response(batch)
 
 

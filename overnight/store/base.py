@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from alembic.config import Config
 from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, func, select, update
 from sqlalchemy import exc as sa_exc
 
+from overnight.store.feed import ItemFeed, StreamedInsertUndoneError
 from overnight.store.records import (
     ANTHROPIC,
     CANCELED,
@@ -150,10 +152,21 @@ class Store:
 
     _writer_threads: ClassVar[int] = 1
 
+    streamed_inserts: ClassVar[int] = 0
+    """How many `insert_streamed_batch` calls may run at once; 0: this store has none (it inserts a
+    batch once its body has arrived whole)."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = ThreadPoolExecutor(self._writer_threads, thread_name_prefix="store-write")
         self._reader = ThreadPoolExecutor(4, thread_name_prefix="store-read")
+        # Threads of their own: a streamed insert waits for its body, and must not hold up the writes.
+        self._streamer = (
+            ThreadPoolExecutor(self.streamed_inserts, thread_name_prefix="store-stream")
+            if self.streamed_inserts
+            else None
+        )
+        self._streaming = 0  # streamed inserts under way (counted on the event loop)
         self.on_batch_ended: Callable[[BatchRecord], WebhookEvent | None] | None = None
         """Called in the transaction that ends a batch (on a store thread): the webhook event to queue
         with it, if the batch's workspace has a webhook. None: no events at all."""
@@ -184,6 +197,8 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(self._reader, guarded)
 
     def close(self) -> None:
+        if self._streamer is not None:
+            self._streamer.shutdown(wait=True)
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
         self.engine.dispose()
@@ -232,11 +247,7 @@ class Store:
             self._begin_write(conn)
             if max_queued_requests:
                 self._lock_workspace(conn, workspace)
-                queued = conn.execute(
-                    select(batches.c.processing).where(batches.c.workspace == workspace, UNFINISHED)
-                ).scalars()
-                if sum(queued) + len(items) > max_queued_requests:
-                    raise QueueFullError(max_queued_requests)
+                self._check_queue(conn, workspace, len(items), max_queued_requests)
             seq = conn.execute(
                 batches.insert()
                 .values(
@@ -260,6 +271,123 @@ class Store:
                 also(conn, seq)
             self._notify(conn)
             return _one_batch(conn, seq)
+
+    def can_stream_insert(self) -> bool:
+        """Whether an `insert_streamed_batch` may start now (asked on the event loop)."""
+        return self._streaming < self.streamed_inserts
+
+    async def insert_streamed_batch(
+        self,
+        *,
+        batch_id: str,
+        workspace: str,
+        created_at: int,
+        expires_at: int,
+        feed: ItemFeed,
+        max_requests: int,
+        betas: Sequence[str] = (),
+        max_queued_requests: int = 0,
+    ) -> BatchRecord:
+        """`insert_batch`, with the requests taken from `feed` as they are decoded (at most
+        `max_requests` of them): one transaction, all or nothing, seen by no one before it commits.
+
+        Raises `FeedAbortedError` when the feed is aborted and `StreamedInsertUndoneError` when the feed
+        stalls past its `hold_seconds` or the transaction lost a race; either way nothing is stored, and
+        after the latter the batch is to be inserted with `insert_batch`. Never run again on its own: the
+        feed is consumed.
+        """
+        if self._streamer is None:
+            raise NotImplementedError(f"{type(self).__name__} has no streamed insert")
+        call = functools.partial(
+            self._insert_streamed_batch,
+            batch_id=batch_id,
+            workspace=workspace,
+            created_at=created_at,
+            expires_at=expires_at,
+            feed=feed,
+            max_requests=max_requests,
+            betas=betas,
+            max_queued_requests=max_queued_requests,
+        )
+        self._streaming += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._streamer, self._unretried, call)
+        finally:
+            self._streaming -= 1
+
+    def _unretried(self, call: Callable[[], T]) -> T:
+        """`call`, with a lost race raised as `StreamedInsertUndoneError` and a lost or refused
+        connection as `StoreUnavailableError` (`_guarded`, but never run twice)."""
+        try:
+            return call()
+        except Exception as exc:
+            if self.is_race_lost(exc):
+                raise StreamedInsertUndoneError(f"lost a race: {exc}") from exc
+            if self.is_unavailable(exc):
+                raise StoreUnavailableError(f"insert_streamed_batch: {exc}") from exc
+            raise
+
+    def _insert_streamed_batch(
+        self,
+        *,
+        batch_id: str,
+        workspace: str,
+        created_at: int,
+        expires_at: int,
+        feed: ItemFeed,
+        max_requests: int,
+        betas: Sequence[str],
+        max_queued_requests: int,
+    ) -> BatchRecord:
+        deadline = time.monotonic() + feed.hold_seconds
+        with self.engine.begin() as conn:
+            self._begin_write(conn)
+            if max_queued_requests:
+                # Refuse early when the queue is full already; the binding check comes after the copy.
+                self._check_queue(conn, workspace, 1, max_queued_requests)
+            seq = conn.execute(
+                batches.insert()
+                .values(
+                    id=batch_id,
+                    workspace=workspace,
+                    status=IN_PROGRESS,
+                    total=0,
+                    processing=0,
+                    created_at=created_at,
+                    expires_at=expires_at,
+                    betas=",".join(betas) or None,
+                )
+                .returning(batches.c.seq)
+            ).scalar_one()
+            first_id, last_id = self._insert_streamed_requests(conn, seq, feed, deadline, max_requests)
+            total = last_id - first_id + 1
+            if max_queued_requests:
+                # Serialised per workspace only now that the requests are in: a create whose body is
+                # still arriving holds up no other create of its workspace.
+                self._lock_workspace(conn, workspace)
+                self._check_queue(conn, workspace, total, max_queued_requests)
+            conn.execute(
+                update(batches)
+                .where(batches.c.seq == seq)
+                .values(total=total, processing=total, first_request_id=first_id, last_request_id=last_id)
+            )
+            self._notify(conn)
+            return _one_batch(conn, seq)
+
+    @staticmethod
+    def _check_queue(conn: Connection, workspace: str, adding: int, max_queued_requests: int) -> None:
+        queued = conn.execute(
+            select(batches.c.processing).where(batches.c.workspace == workspace, UNFINISHED)
+        ).scalars()
+        if sum(queued) + adding > max_queued_requests:
+            raise QueueFullError(max_queued_requests)
+
+    def _insert_streamed_requests(
+        self, conn: Connection, seq: int, feed: ItemFeed, deadline: float, max_requests: int
+    ) -> tuple[int, int]:
+        """Insert the requests `feed` brings (at least one, at most `max_requests`) as pending, taking
+        each run by `deadline`; return the smallest and largest id given them."""
+        raise NotImplementedError
 
     def _begin_write(self, conn: Connection) -> None:
         """Start the write transaction `conn` is in (SQLite takes its write lock here)."""

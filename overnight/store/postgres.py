@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -23,6 +24,7 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy import exc as sa_exc
 
 from overnight.store.base import Store, writes
+from overnight.store.feed import ItemFeed
 from overnight.store.records import Completion, LeasedRequest
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ def driver_url(url: str) -> str:
 
 class PostgresStore(Store):
     _writer_threads: ClassVar[int] = 4  # creates, cancels and the engine's writes need not queue behind each other
+    streamed_inserts: ClassVar[int] = 2  # each holds a connection and a transaction while its body arrives
     add_counts_sql: ClassVar[str] = Store.add_counts_sql.replace("?", "%s")
 
     def __init__(self, url: str) -> None:
@@ -127,26 +130,38 @@ class PostgresStore(Store):
 
     def _insert_requests(self, conn: Connection, seq: int, items: Sequence[tuple[str, Any]]) -> tuple[int, int]:
         cursor = self._driver_cursor(conn)
-        # Reserve one run of ids for the batch (its results are then a few range scans): a short lock
-        # that only other creates take, released at once, not at commit.
-        cursor.execute("SELECT pg_advisory_lock(%s, %s)", (_LOCK_NAMESPACE, _LOCK_REQUEST_IDS))
-        try:
-            cursor.execute(
-                "SELECT setval('requests_id_seq', nextval('requests_id_seq') + %s - 1)", (max(len(items), 1),)
-            )
-            last_id = cursor.fetchone()[0]
-        finally:
-            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_NAMESPACE, _LOCK_REQUEST_IDS))
-        first_id = last_id - len(items) + 1
-        # The queued writer sends on a thread of its own: encoding rows here overlaps with sending them
-        # and with the server storing them.
-        with cursor.copy(
-            "COPY requests (id, batch_seq, custom_id, params, state, attempt) FROM STDIN (FORMAT BINARY)",
-            writer=QueuedLibpqWriter(cursor),
-        ) as copy:
-            copy.set_types(["int8", "int8", "text", "bytea", "text", "int4"])
-            for offset, (custom_id, params) in enumerate(items):
-                copy.write_row((first_id + offset, seq, custom_id, params, "pending", 0))
+        first_id, last_id = _reserve_ids(cursor, len(items))
+        with _copy_requests(cursor) as copy:
+            write_row = copy.write_row
+            for request_id, (custom_id, params) in enumerate(items, first_id):
+                write_row((request_id, seq, custom_id, params, "pending", 0))
+        return first_id, last_id
+
+    def _insert_streamed_requests(
+        self, conn: Connection, seq: int, feed: ItemFeed, deadline: float, max_requests: int
+    ) -> tuple[int, int]:
+        cursor = self._driver_cursor(conn)
+        # The count is known only at the end, and the copy must be one statement (so that the server
+        # stores rows while later ones are still on their way): reserve the most there can be, and give
+        # back what is left over while no other create has reserved ids after ours (the usual case).
+        first_id, reserved_last = _reserve_ids(cursor, max_requests)
+        next_id = first_id
+        with _copy_requests(cursor) as copy:
+            write_row = copy.write_row
+            while (items := feed.take(deadline)) is not None:
+                if next_id + len(items) - 1 > reserved_last:
+                    raise RuntimeError(f"more than the {max_requests} requests announced")
+                for request_id, (custom_id, params) in enumerate(items, next_id):
+                    write_row((request_id, seq, custom_id, params, "pending", 0))
+                next_id += len(items)
+        if next_id == first_id:
+            raise RuntimeError("a streamed insert without requests")
+        last_id = next_id - 1
+        if last_id < reserved_last:
+            with _ids_locked(cursor):
+                cursor.execute("SELECT last_value FROM requests_id_seq")
+                if cursor.fetchone()[0] == reserved_last:
+                    cursor.execute("SELECT setval('requests_id_seq', %s)", (last_id,))
         return first_id, last_id
 
     @writes
@@ -206,6 +221,39 @@ class PostgresStore(Store):
             except psycopg.Error as exc:
                 logger.warning("listening for new batches failed (%s); polling until reconnected", exc)
                 self._closing.wait(1.0)
+
+
+def _reserve_ids(cursor: Any, count: int) -> tuple[int, int]:
+    """The first and last of `count` consecutive request ids, taken from the sequence for one batch
+    (its results are then a few range scans)."""
+    with _ids_locked(cursor):
+        cursor.execute("SELECT setval('requests_id_seq', nextval('requests_id_seq') + %s - 1)", (max(count, 1),))
+        last_id: int = cursor.fetchone()[0]
+    return last_id - max(count, 1) + 1, last_id
+
+
+@contextmanager
+def _ids_locked(cursor: Any) -> Iterator[None]:
+    """Hold the lock every id reservation takes: short, taken only by creates, released at once (not at
+    commit)."""
+    cursor.execute("SELECT pg_advisory_lock(%s, %s)", (_LOCK_NAMESPACE, _LOCK_REQUEST_IDS))
+    try:
+        yield
+    finally:
+        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_NAMESPACE, _LOCK_REQUEST_IDS))
+
+
+@contextmanager
+def _copy_requests(cursor: Any) -> Iterator[psycopg.Copy]:
+    """A binary COPY of pending requests (id, batch_seq, custom_id, params, state, attempt)."""
+    # The queued writer sends on a thread of its own: encoding rows here overlaps with sending them and
+    # with the server storing them.
+    with cursor.copy(
+        "COPY requests (id, batch_seq, custom_id, params, state, attempt) FROM STDIN (FORMAT BINARY)",
+        writer=QueuedLibpqWriter(cursor),
+    ) as copy:
+        copy.set_types(["int8", "int8", "text", "bytea", "text", "int4"])
+        yield copy
 
 
 def _derived_line(custom_id: str, state: str) -> bytes:

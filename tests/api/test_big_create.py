@@ -1,6 +1,9 @@
 """Big creates (~18 MB, several multi-thousand-row insert statements) through the real server over
 plain sockets: every request stored in order, nothing stored when the body turns out bad at its very
 end or the client goes away midway, and a client that stalls mid-body holds up nobody else's create.
+
+On PostgreSQL these bodies take the streamed path (overnight/streamed_create.py: requests decoded and
+copied while the body arrives, in one transaction); the same tests hold it to the same answers.
 """
 
 from __future__ import annotations
@@ -9,13 +12,14 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
 from tests.api.helpers import MODEL
 from tests.conftest import start_server
+from tests.postgres import servers_use_postgres
 from tests.server import ServerProcess
 
 BATCHES = "/v1/messages/batches"
@@ -29,8 +33,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc.terminate_quietly()
 
 
-def _body(count: int = COUNT, prefix: str = "s", last_custom_id: str | None = None) -> bytes:
-    text = "lorem ipsum " * 250
+def _body(count: int = COUNT, prefix: str = "s", last_custom_id: str | None = None, words: int = 250) -> bytes:
+    text = "lorem ipsum " * words
     requests = [
         {
             "custom_id": f"{prefix}-{i}",
@@ -73,6 +77,11 @@ def _post(
         return _response(sock)
 
 
+def _streamed_batches(server: ServerProcess) -> int:
+    """How many creates took the streamed path (logged as they start)."""
+    return server.stderr_path.read_text(errors="replace").count("storing its requests while its body arrives")
+
+
 def _batch_ids(raw: httpx.Client) -> set[str]:
     page = raw.get(BATCHES, params={"limit": 1000}).json()
     return {batch["id"] for batch in page["data"]}
@@ -89,8 +98,10 @@ def _wait_ended(raw: httpx.Client, batch_id: str) -> dict:
 
 
 def test_big_create_stores_every_request_in_order(server: ServerProcess, raw: httpx.Client) -> None:
+    streamed = _streamed_batches(server)
     status, batch = _post(server, _body())
     assert status == 200, batch
+    assert _streamed_batches(server) == streamed + servers_use_postgres()
     assert batch["request_counts"]["processing"] == COUNT
     ended = _wait_ended(raw, batch["id"])
     assert ended["request_counts"]["succeeded"] == COUNT
@@ -102,7 +113,9 @@ def test_big_create_stores_every_request_in_order(server: ServerProcess, raw: ht
 
 def test_bad_last_request_is_400_and_nothing_is_stored(server: ServerProcess, raw: httpx.Client) -> None:
     before = _batch_ids(raw)
+    streamed = _streamed_batches(server)
     status, error = _post(server, _body(prefix="bad", last_custom_id="not valid!"))
+    assert _streamed_batches(server) == streamed + servers_use_postgres()  # rolled back, not skipped
     assert status == 400, error
     assert error["error"]["type"] == "invalid_request_error"
     assert f"requests[{COUNT - 1}].custom_id" in error["error"]["message"]
@@ -111,20 +124,57 @@ def test_bad_last_request_is_400_and_nothing_is_stored(server: ServerProcess, ra
 
 def test_duplicate_custom_id_at_the_end_is_400_and_nothing_is_stored(server: ServerProcess, raw: httpx.Client) -> None:
     before = _batch_ids(raw)
+    streamed = _streamed_batches(server)
     status, error = _post(server, _body(prefix="dup", last_custom_id="dup-0"))
+    assert _streamed_batches(server) == streamed + servers_use_postgres()  # rolled back, not skipped
     assert status == 400, error
     assert error["error"]["message"] == (f"requests.{COUNT - 1}.custom_id: 'dup-0' is not unique (also at requests.0)")
     assert _batch_ids(raw) == before
 
 
+def test_bad_request_midway_is_400_naming_it_and_nothing_is_stored(server: ServerProcess, raw: httpx.Client) -> None:
+    before = _batch_ids(raw)
+    body = _body(prefix="mid")
+    middle = body.index(b'"custom_id":"mid-3000"')
+    body = body[:middle] + b'"custom_id":"mid-3000","params":[1],"x"' + body[body.index(b',"params"', middle) + 9 :]
+    status, error = _post(server, body)
+    assert status == 400, error
+    assert error["error"]["message"] == "requests.3000.params: must be an object"
+    assert _batch_ids(raw) == before
+
+
+def test_big_create_with_params_before_custom_id_and_whitespace(server: ServerProcess, raw: httpx.Client) -> None:
+    text = "lorem ipsum " * 250
+    elements = [
+        b'{ "params" : %s ,\n "custom_id" : "ws-%d" }'
+        % (
+            json.dumps(
+                {"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": f"{i} {text}"}]}
+            ).encode(),
+            i,
+        )
+        for i in range(COUNT)
+    ]
+    body = b'  {\n  "requests" : [\n    ' + b" ,\n    ".join(elements) + b"\n  ]\n}\n"
+    status, batch = _post(server, body)
+    assert status == 200, batch
+    assert batch["request_counts"]["processing"] == COUNT
+    ended = _wait_ended(raw, batch["id"])
+    assert ended["request_counts"]["succeeded"] == COUNT
+    lines = raw.get(f"{BATCHES}/{batch['id']}/results").text.splitlines()
+    assert [json.loads(line)["custom_id"] for line in lines] == [f"ws-{i}" for i in range(COUNT)]
+
+
 def test_client_that_goes_away_midway_stores_nothing(server: ServerProcess, raw: httpx.Client) -> None:
     before = _batch_ids(raw)
+    streamed = _streamed_batches(server)
     body = _body(prefix="gone")
     assert server.port is not None
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
         sock.sendall(_head(len(body)))
         sock.sendall(body[: len(body) * 3 // 4])
         time.sleep(0.5)
+    assert _streamed_batches(server) == streamed + servers_use_postgres()  # the copy had begun
     # The server saw the disconnect and rolled back: a later create is stored, the partial one never is.
     status, batch = _post(server, _body(count=10, prefix="after"))
     assert status == 200, batch
@@ -152,3 +202,64 @@ def test_stalling_client_does_not_hold_up_other_creates(server: ServerProcess, r
     assert status == 200, batch
     assert batch["request_counts"]["processing"] == COUNT
     assert _wait_ended(raw, batch["id"])["request_counts"]["succeeded"] == COUNT
+
+
+def test_body_that_stalls_longer_than_a_transaction_may_wait_is_stored_whole(
+    server: ServerProcess, raw: httpx.Client
+) -> None:
+    # Past the streamed insert's hold (10 s) its transaction is rolled back; the batch is inserted once
+    # the body is complete, as any slow client's is.
+    body = _body(prefix="held")
+    status, batch = _post(server, body, stall_after=len(body) - 1000, stall_s=11.0)
+    assert status == 200, batch
+    assert batch["request_counts"]["processing"] == COUNT
+    assert _wait_ended(raw, batch["id"])["request_counts"]["succeeded"] == COUNT
+    if servers_use_postgres():
+        assert "streamed insert rolled back" in server.stderr_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    limits = ["--max-body-bytes", str(12_000_000), "--max-requests", "5000", "--body-read-timeout", "20"]
+    proc = start_server(tmp_path_factory.mktemp("capped"), limits)
+    yield proc
+    proc.terminate_quietly()
+
+
+def test_body_over_the_cap_midway_is_413_within_a_second_and_nothing_is_stored(
+    capped: ServerProcess, make_raw: Callable[..., httpx.Client]
+) -> None:
+    raw = make_raw(capped)
+    before = _batch_ids(raw)
+    # ~18 MB, chunked (so no content-length to refuse it by): decoded from 8 MB on, refused past 12 MB.
+    body = _body(prefix="big")
+    assert capped.port is not None
+    with socket.create_connection(("127.0.0.1", capped.port), timeout=60) as sock:
+        sock.sendall(_head(len(body)).replace(b"content-length: %d" % len(body), b"transfer-encoding: chunked"))
+        started = time.monotonic()
+        for start in range(0, len(body), 1 << 20):
+            piece = body[start : start + (1 << 20)]
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            except OSError:
+                break
+        status, error = _response(sock)
+    assert time.monotonic() - started < 5
+    assert status == 413, error
+    assert error["error"]["type"] == "request_too_large"
+    assert _batch_ids(raw) == before
+
+
+def test_more_requests_than_allowed_is_400_and_nothing_is_stored(
+    capped: ServerProcess, make_raw: Callable[..., httpx.Client]
+) -> None:
+    raw = make_raw(capped)
+    before = _batch_ids(raw)
+    streamed = _streamed_batches(capped)
+    status, error = _post(capped, _body(count=5001, prefix="many", words=150))  # ~9.6 MB
+    assert status == 400, error
+    assert error["error"]["message"] == "requests: a batch holds at most 5000 requests, got 5001"
+    assert _streamed_batches(capped) == streamed + servers_use_postgres()
+    status, batch = _post(capped, _body(count=5000, prefix="max", words=150))
+    assert status == 200, batch
+    assert _batch_ids(raw) == before | {batch["id"]}
