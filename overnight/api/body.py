@@ -60,7 +60,7 @@ def declared_length(request: Request) -> int | None:
     return int(declared) if declared is not None and declared.isdigit() else None
 
 
-def body_chunks(request: Request, timeout_seconds: float) -> AsyncIterator[bytes]:
+def raw_chunks(request: Request, timeout_seconds: float) -> AsyncIterator[bytes]:
     """The body's chunks as they arrive, each awaited for at most `timeout_seconds` (else
     `RequestTimeoutError`), for a handler that consumes a body without holding it."""
     return _chunks(request, timeout_seconds)

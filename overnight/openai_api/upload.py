@@ -19,7 +19,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
-from overnight.api.body import body_chunks, drain
+from overnight.api.body import drain, raw_chunks
 from overnight.openai_api.errors import OpenAIRequestError
 
 _SPOOL_WRITE_BYTES = 1 << 20
@@ -133,7 +133,7 @@ async def receive_upload(request: Request, *, limit: int, timeout_seconds: float
         },
     )
     try:
-        async for chunk in body_chunks(request, timeout_seconds):
+        async for chunk in raw_chunks(request, timeout_seconds):
             parser.write(chunk)
             if upload.too_large:
                 await drain(request, timeout_seconds)
