@@ -18,7 +18,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def slow(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "data", ["--fake-latency-ms", "200", "--concurrency", "2"]).start()
+    # Short leases: on PostgreSQL a restarted node takes a killed node's requests back only once their
+    # leases lapse (SQLite reclaims them at start-up), as in tests/api/test_recovery.py.
+    args = ["--fake-latency-ms", "200", "--concurrency", "2", "--lease-seconds", "2", "--sweep-interval", "0.2"]
+    proc = ServerProcess(tmp_path / "data", args).start()
     yield proc
     proc.terminate_quietly()
 
