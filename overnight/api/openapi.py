@@ -18,22 +18,17 @@ from overnight.api.responses import json_response
 from overnight.exceptions import NotFoundError
 from overnight.openai_api.openapi import openai_paths, openai_schemas
 from overnight.protocol.messages import MessageCreateParams
+from overnight.protocol.openapi_parts import json_response as _json
+from overnight.protocol.openapi_parts import object_schema as _object
+from overnight.protocol.openapi_parts import ref as _ref
 
 _REF = "#/components/schemas/{model}"
 _ASSETS = resources.files("overnight.api") / "swagger_ui"
 _ASSET_TYPES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _object(properties: dict[str, Any], *, required: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": required or list(properties), **extra}
 
 
 _TIMESTAMP = {"type": "string", "format": "date-time"}
@@ -164,10 +159,6 @@ def _schemas() -> dict[str, Any]:
         ),
     }
     return schemas
-
-
-def _json(schema: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
 def _error(description: str) -> dict[str, Any]:

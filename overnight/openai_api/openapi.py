@@ -11,6 +11,9 @@ from typing import Any
 
 from overnight.openai_api.service import COMPLETION_WINDOW, KNOWN_ENDPOINTS
 from overnight.protocol.openai.chat import chat_request_schema
+from overnight.protocol.openapi_parts import json_response as _json
+from overnight.protocol.openapi_parts import object_schema as _object
+from overnight.protocol.openapi_parts import ref as _ref
 
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _NULLABLE_STRING = {"type": ["string", "null"]}
@@ -25,14 +28,6 @@ _BATCH_STATUSES = [
     "cancelling",
     "cancelled",
 ]
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _object(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": list(properties), **extra}
 
 
 def _list(item: str) -> dict[str, Any]:
@@ -220,10 +215,6 @@ def openai_schemas() -> dict[str, Any]:
             },
         ),
     }
-
-
-def _json(schema: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
 def _error(description: str) -> dict[str, Any]:
