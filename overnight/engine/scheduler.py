@@ -42,7 +42,9 @@ _FLUSH_SIZE = 1000
 _FLUSH_INTERVAL_SECONDS = 0.05  # results become visible (and batches end) this soon at the latest
 _MAX_UNWRITTEN = 20_000
 _MAX_BATCHES_PER_ROUND = 64
-_MAX_BUFFER = 8192
+# The buffer holds at most this many requests, and about this many bytes of their params.
+_MAX_BUFFER = 32768
+_MAX_BUFFER_BYTES = 64 << 20
 _MAX_UNYIELDED = 32
 _IDLE_POLL_SECONDS = 0.5
 
@@ -96,6 +98,9 @@ class Scheduler:
         self._refill_below = self.concurrency  # lease more once fewer than this are buffered
         self._pending_seen = True  # the last lease round found work: workers ask for more as they go
         self._rate_per_second = 0.0
+        self._ramp = 0  # a buffer target doubled while the workers outrun the leases (see _buffer_target)
+        self._starved = False  # a worker found the buffer empty since the last lease round
+        self._params_bytes_each = 0  # mean params size of the last requests leased
         self._last_flush_at = time.perf_counter()
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
@@ -205,9 +210,14 @@ class Scheduler:
     # --- feeding ------------------------------------------------------------------------------
 
     def _buffer_target(self) -> int:
-        # Enough buffered work for ~0.5 s at the current rate (a lease may wait behind a flush), never
-        # less than two per worker.
-        return max(2 * self.concurrency, min(_MAX_BUFFER, int(self._rate_per_second / 2)))
+        # Enough buffered work for ~0.5 s at the current rate: a lease waits behind the flush in progress
+        # (up to as many results), and the workers must not run dry meanwhile. The rate is measured at
+        # flushes, so at a batch's start it lags far behind: while the workers find the buffer empty and
+        # leases come back full, `_ramp` doubles the target each round instead. Never less than two per
+        # worker, never more than _MAX_BUFFER requests or _MAX_BUFFER_BYTES of params.
+        wanted = max(int(self._rate_per_second / 2), self._ramp)
+        by_bytes = _MAX_BUFFER_BYTES // max(1, self._params_bytes_each)
+        return max(2 * self.concurrency, min(_MAX_BUFFER, by_bytes, wanted))
 
     async def _feed_loop(self) -> None:
         while True:
@@ -215,6 +225,8 @@ class Scheduler:
             target = self._buffer_target()
             self._refill_below = target * 3 // 4 + 1
             if self._buffer.qsize() < self._refill_below:
+                want = target - self._buffer.qsize()
+                starved, self._starved = self._starved, False
                 try:
                     leased = await self._lease_round(target)
                 except Exception:
@@ -224,6 +236,10 @@ class Scheduler:
                 # Nothing to lease: until told of new work (or the poll interval passes), workers
                 # emptying the buffer do not ask again, which at a batch's tail they would per request.
                 self._pending_seen = leased > 0
+                if starved and leased >= want:
+                    self._ramp = min(_MAX_BUFFER, 2 * target)
+                elif leased < want:
+                    self._ramp = 0  # the queue ran short: from here the rate alone sizes the buffer
                 if leased:
                     continue
             with contextlib.suppress(TimeoutError):
@@ -248,6 +264,8 @@ class Scheduler:
             owner=self.owner,
             lease_until=now_micros() + int(self.lease_seconds * MICROS),
         )
+        if leased:
+            self._params_bytes_each = sum(len(item.params) for item in leased) // len(leased)
         by_batch: dict[int, list[LeasedRequest]] = defaultdict(list)
         for item in leased:
             self._held[item.id] = item
@@ -269,7 +287,11 @@ class Scheduler:
                 self._unyielded = 0
                 await asyncio.sleep(0)
             # Straight from the buffer when it has something, without a coroutine for `get`.
-            item = self._buffer.get_nowait() if self._buffer.qsize() else await self._buffer.get()
+            if self._buffer.qsize():
+                item = self._buffer.get_nowait()
+            else:
+                self._starved = self._pending_seen
+                item = await self._buffer.get()
             if item is None:
                 return
             if self._pending_seen and self._buffer.qsize() < self._refill_below:

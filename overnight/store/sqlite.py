@@ -7,7 +7,8 @@ import functools
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import chain
+from itertools import chain, repeat
+from operator import attrgetter
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -36,16 +37,18 @@ def _insert_sql(rows: int) -> str:
 _CHECKPOINT_WHILE_WRITING_SECONDS = 5.0
 # Enough for the writer, the readers and the checkpointer threads the store runs.
 _POOL_SIZE = 8
-# The next n pending requests of an in-progress batch, in id order, as one value: records separated by
-# 0x1e, each `id,attempt,custom_id` 0x1f params. Neither byte can occur in them: custom_ids are
-# [A-Za-z0-9_-], and params were decoded as JSON at create, which admits no raw control characters.
+# The next n pending requests of an in-progress batch, in id order, as one row of four values: their
+# ids and next attempts (comma-separated), custom_ids (separated by 0x1f) and params (by 0x1e). Neither
+# byte can occur in them: custom_ids are [A-Za-z0-9_-], and params were decoded as JSON at create, which
+# admits no raw control characters. SQLite feeds each row to all four aggregates in turn, so the i-th
+# piece of each belongs to the same request; splitting them and building the records runs in C loops.
 _LEASABLE = (
     "SELECT id FROM requests WHERE batch_seq = ? AND state = 'pending'"
     " AND EXISTS (SELECT 1 FROM batches WHERE seq = ? AND status = 'in_progress') ORDER BY id LIMIT ?"
 )
 _LEASABLE_SQL = (
-    "SELECT CAST(group_concat(id || ',' || attempt || ',' || custom_id || x'1f' || CAST(params AS TEXT), x'1e')"
-    f" AS BLOB) FROM requests WHERE id IN ({_LEASABLE})"
+    "SELECT CAST(group_concat(id) AS BLOB), CAST(group_concat(attempt + 1) AS BLOB), group_concat(custom_id, x'1f'),"
+    f" CAST(group_concat(CAST(params AS TEXT), x'1e') AS BLOB) FROM requests WHERE id IN ({_LEASABLE})"
 )
 _LEASE_SQL = (
     "UPDATE requests SET state = 'running', lease_owner = ?, lease_expires_at = ?, attempt = attempt + 1 "
@@ -64,6 +67,7 @@ _RESULT_CHUNK_SQL = (
 # (each one more wait for the GIL after SQLite's work) and only these few ever prepared and cached.
 _OUTCOME_STATEMENT_ROWS = (2000, 700, 250, 80, 25, 8)
 _NO_REQUEST = (0, None, 0)
+_OUTCOME_VALUES = attrgetter("request_id", "line", "attempt")
 
 
 @functools.cache
@@ -87,7 +91,7 @@ def _outcome_pieces(state: str, group: Sequence[Completion], owner: str) -> Iter
         )
         some = group[start : start + size]
         start += size
-        rows = chain.from_iterable((d.request_id, d.line, d.attempt) for d in some)
+        rows = chain.from_iterable(map(_OUTCOME_VALUES, some))
         yield len(some), size, [state, *rows, *_NO_REQUEST * (size - len(some)), owner]
 
 
@@ -154,13 +158,17 @@ class SQLiteStore(Store):
             cursor = self._driver_cursor(conn)
             for seq, n in quotas:
                 cursor.execute(_LEASABLE_SQL, (seq, seq, n))
-                (packed,) = cursor.fetchone()
-                if packed is None:
+                ids, attempts, custom_ids, params = cursor.fetchone()
+                if ids is None:
                     continue
-                for record in packed.split(b"\x1e"):
-                    head, params = record.split(b"\x1f", 1)
-                    request_id, attempt, custom_id = head.split(b",", 2)
-                    leased.append(LeasedRequest(int(request_id), seq, custom_id.decode(), params, int(attempt) + 1))
+                leased += map(
+                    LeasedRequest,
+                    map(int, ids.split(b",")),
+                    repeat(seq),
+                    custom_ids.split("\x1f"),
+                    params.split(b"\x1e"),
+                    map(int, attempts.split(b",")),
+                )
                 cursor.execute(_LEASE_SQL, (owner, lease_until, seq, seq, n))
         return leased
 
