@@ -19,11 +19,11 @@ from overnight.store.records import Completion, LeasedRequest
 # Writes go as one statement per few hundred rows, never one per row: each statement releases the GIL
 # once while SQLite works, where executemany releases and retakes it for every row — and with the event
 # loop busy, retaking it can wait a whole switch interval (5 ms) each time.
-# Inserts bind more rows per statement (a 250 MB create: 25 statements, not 200, each one more wait for
-# the GIL after SQLite's work, with the event loop busy meanwhile). Only these few sizes: the
-# sqlite3 module caches each statement, and a cached statement keeps SQLite's copy of the values last
-# bound to it (4000 params of 2.5 KB: 10 MB) — one statement per size ever, not one per batch or piece.
-_INSERT_STATEMENT_ROWS = (4000, 1000, 250, 60, 15, 4, 1)
+# Inserts bind up to 1,000 rows per statement (a 250 MB create: 100 statements). Only these few sizes:
+# the sqlite3 module caches each statement, and a cached statement keeps SQLite's copy of the values
+# last bound to it (1,000 params of 2.5 KB: 2.5 MB, held for good) — one statement per size ever, not
+# one per batch or piece. Bigger statements saved little time and cost that memory at the create's peak.
+_INSERT_STATEMENT_ROWS = (1000, 250, 60, 15, 4, 1)
 
 
 @functools.cache
@@ -34,6 +34,9 @@ def _insert_sql(rows: int) -> str:
     )
 
 
+_CACHE_KIB = 16384  # SQLite's page cache, per connection
+_INSERT_CACHE_KIB = 2048  # ... while a big batch's requests are inserted
+_SMALL_CACHE_FROM_ROWS = 10_000
 _CHECKPOINT_WHILE_WRITING_SECONDS = 5.0
 # Enough for the writer, the readers and the checkpointer threads the store runs.
 _POOL_SIZE = 8
@@ -141,12 +144,20 @@ class SQLiteStore(Store):
         # the largest before the insert, up to the largest after it.
         cursor.execute("SELECT max(id) FROM requests")
         first_id = (cursor.fetchone()[0] or 0) + 1
-        position = 0
-        for size in _INSERT_STATEMENT_ROWS:
-            while len(items) - position >= size:
-                rows = items[position : position + size]
-                cursor.execute(_insert_sql(size), [seq, *chain.from_iterable(rows)])
-                position += size
+        # Appending touches each page once: a big insert gains nothing from the page cache but its memory.
+        small_cache = len(items) >= _SMALL_CACHE_FROM_ROWS
+        if small_cache:
+            cursor.execute(f"PRAGMA cache_size=-{_INSERT_CACHE_KIB}")
+        try:
+            position = 0
+            for size in _INSERT_STATEMENT_ROWS:
+                while len(items) - position >= size:
+                    rows = items[position : position + size]
+                    cursor.execute(_insert_sql(size), [seq, *chain.from_iterable(rows)])
+                    position += size
+        finally:
+            if small_cache:
+                cursor.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         cursor.execute("SELECT max(id) FROM requests")
         return first_id, cursor.fetchone()[0]
 
@@ -227,5 +238,5 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_size_limit=67108864")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA cache_size=-16384")  # 16 MiB per connection
+    cursor.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
     cursor.close()

@@ -7,10 +7,11 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from overnight.store import BatchRecord, Completed, Completion, QueueFullError, Store, Usage, open_store
 from overnight.store import base as store_module
@@ -261,6 +262,33 @@ async def test_checkpoint_moves_every_committed_page_into_the_database_file(stor
     assert database.stat().st_size > 12_000_000
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == 8192
+
+
+async def test_a_big_insert_runs_on_a_small_page_cache_and_gives_the_cache_back(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("SQLite's page cache only")
+    monkeypatch.setattr(sqlite_module, "_SMALL_CACHE_FROM_ROWS", 500)
+    statements: list[str] = []
+
+    def trace(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        dbapi_connection.set_trace_callback(statements.append)
+
+    event.listen(store.engine, "checkout", trace)
+    small = await make_batch(store, 100, batch_id="msgbatch_small")
+    small_cache = f"PRAGMA cache_size=-{sqlite_module._INSERT_CACHE_KIB}"
+    assert not [s for s in statements if s.startswith("PRAGMA cache_size")]
+    big = await make_batch(store, 2000, batch_id="msgbatch_big")
+    pragmas = [n for n, s in enumerate(statements) if s.startswith("PRAGMA cache_size")]
+    inserts = [n for n, s in enumerate(statements) if s.startswith("INSERT INTO requests")]
+    # Set small before the big batch's first row, and back after its last.
+    assert [statements[n] for n in pragmas] == [small_cache, f"PRAGMA cache_size=-{sqlite_module._CACHE_KIB}"]
+    big_inserts = [n for n in inserts if n > pragmas[0]]
+    assert len(big_inserts) == 2 and big_inserts[-1] < pragmas[1]  # two 1,000-row statements
+    assert (small.total, big.total) == (100, 2000)
+    leased = await store.lease_requests([(big.seq, 5000)], owner="o", lease_until=FAR_FUTURE)
+    assert sorted(request.custom_id for request in leased) == sorted(f"r{i}" for i in range(2000))
 
 
 async def test_checkpoints_wait_while_writes_keep_coming_and_catch_up_when_they_stop(
