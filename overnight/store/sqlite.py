@@ -53,9 +53,11 @@ _LEASABLE_SQL = (
     "SELECT CAST(group_concat(id) AS BLOB), CAST(group_concat(attempt + 1) AS BLOB), group_concat(custom_id, x'1f'),"
     f" CAST(group_concat(CAST(params AS TEXT), x'1e') AS BLOB) FROM requests WHERE id IN ({_LEASABLE})"
 )
+# The rows just read: in this write transaction, a batch's first n pending requests are exactly its
+# pending ones from the first id read to the last (found by id, not by walking the index again).
 _LEASE_SQL = (
     "UPDATE requests SET state = 'running', lease_owner = ?, lease_expires_at = ?, attempt = attempt + 1 "
-    f"WHERE id IN ({_LEASABLE})"
+    "WHERE id BETWEEN ? AND ? AND +batch_seq = ? AND +state = 'pending'"
 )
 _RESULT_CHUNK_SQL = (
     "SELECT CAST(group_concat(CASE WHEN result IS NOT NULL THEN result ELSE "
@@ -172,15 +174,17 @@ class SQLiteStore(Store):
                 ids, attempts, custom_ids, params = cursor.fetchone()
                 if ids is None:
                     continue
+                request_ids = list(map(int, ids.split(b",")))
                 leased += map(
                     LeasedRequest,
-                    map(int, ids.split(b",")),
+                    request_ids,
                     repeat(seq),
                     custom_ids.split("\x1f"),
                     params.split(b"\x1e"),
                     map(int, attempts.split(b",")),
                 )
-                cursor.execute(_LEASE_SQL, (owner, lease_until, seq, seq, n))
+                cursor.execute(_LEASE_SQL, (owner, lease_until, min(request_ids), max(request_ids), seq))
+                assert cursor.rowcount == len(request_ids), "the rows leased are the rows read"
         return leased
 
     def _write_outcomes(self, conn: Connection, state: str, group: Sequence[Completion], owner: str) -> list[int]:
