@@ -4,11 +4,14 @@ and the whole-file errors, without a server."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import msgspec
 import pytest
 
+from overnight.openai_api import input_file
 from overnight.openai_api.input_file import MAX_LINE_BYTES, InputChecker, split_lines
-from tests.openai.helpers import jsonl, line
+from tests.openai.helpers import MODEL, jsonl, line
 
 
 def chunked(content: bytes, size: int) -> list[bytes]:
@@ -59,3 +62,75 @@ def test_whole_file_errors_have_no_line(content: bytes, code: str) -> None:
 def test_an_unserved_model_is_named() -> None:
     checker = check(jsonl([{**line("a", "x"), "body": {"model": "nope", "messages": [{"role": "user"}]}}]))
     assert [(e["code"], e["param"]) for e in checker.errors] == [("model_not_found", "body.model")]
+
+
+# Lines the typical-shape fast path must judge exactly as the general checks do: each is checked after
+# a valid first line (which sets the file's model) and one with custom_id "dup".
+_TRICKY_LINES: list[dict[str, Any] | str] = [
+    line("ok", "x"),
+    line("dup", "x"),
+    line("", "x"),
+    line("x" * 64, "x"),
+    line("x" * 65, "x"),
+    line("tab\there", "x"),
+    line("ünïcode", "x"),
+    {**line("m", "x"), "method": "GET"},
+    {**line("m", "x"), "method": None},
+    {**line("u", "x"), "url": "/v1/embeddings"},
+    {**line("u", "x"), "url": 5},
+    {**line("n", "x"), "custom_id": 7},
+    {**line("n", "x"), "body": None},
+    {**line("n", "x"), "body": []},
+    {**line("n", "x"), "body": "text"},
+    {key: value for key, value in line("n", "x").items() if key != "body"},
+    {key: value for key, value in line("n", "x").items() if key != "url"},
+    line("s", "x", stream=True),
+    line("s", "x", stream=False),
+    line("s", "x", stream=None),
+    line("s", "x", stream="yes"),
+    line("s", "x", stream=1),
+    {**line("b", "x"), "body": {"model": "other-model", "messages": [{"role": "user", "content": "x"}]}},
+    {**line("b", "x"), "body": {"model": "", "messages": [{"role": "user", "content": "x"}]}},
+    {**line("b", "x"), "body": {"model": 3, "messages": [{"role": "user", "content": "x"}]}},
+    {**line("b", "x"), "body": {"model": MODEL, "messages": []}},
+    {**line("b", "x"), "body": {"model": MODEL, "messages": {"role": "user"}}},
+    {**line("b", "x"), "body": {"model": MODEL}},
+    {**line("b", "x"), "body": {"model": MODEL, "messages": ["anything"], "extra": {"deep": [1, 2]}}},
+    {**line("k", "x"), "unknown_key": 1},
+    "not json",
+    '{"custom_id": "trailing", "method": "POST"',
+    "[1, 2]",
+]
+
+
+@pytest.mark.parametrize("tricky", _TRICKY_LINES)
+def test_the_fast_path_judges_every_line_as_the_general_checks_do(
+    tricky: dict[str, Any] | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    content = jsonl([line("first", "x"), line("dup", "x"), tricky, line("after", "x")])
+
+    def outcome() -> tuple[list[tuple[str, bytes]], list[dict[str, Any]], str | None, int]:
+        checker = InputChecker(endpoint="/v1/chat/completions", max_lines=10, model_is_served=lambda m: m != "nope")
+        items = [(custom_id, bytes(body)) for custom_id, body in checker.items(split_lines(chunked(content, 7)))]
+        return items, checker.errors, checker.model, checker.total
+
+    fast = outcome()
+
+    def not_typical(_: object) -> None:
+        raise msgspec.ValidationError("forced onto the general path")
+
+    monkeypatch.setattr(input_file, "_decode_typical_line", not_typical)
+    assert outcome() == fast
+
+
+def test_the_fast_path_takes_the_typical_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    general: list[int] = []
+    check_generally = InputChecker._check_generally
+
+    def counted(self: InputChecker, raw: bytes | None, number: int) -> Any:
+        general.append(number)
+        return check_generally(self, raw, number)
+
+    monkeypatch.setattr(InputChecker, "_check_generally", counted)
+    checker = check(jsonl([line("a", "1"), line("b", "2"), {**line("c", "3"), "method": "GET"}]))
+    assert general == [3] and checker.errors[0]["line"] == 3
