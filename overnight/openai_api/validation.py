@@ -11,6 +11,7 @@ and other validators do, and a file of any size is checked and enqueued in the m
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -42,6 +43,14 @@ _STOP_SECONDS = 5.0
 
 class _Aborted(Exception):
     """The claim was lost (cancelled, lapsed) or the node is stopping: drop the work, store nothing."""
+
+
+class _InvalidInput(Exception):
+    """The input file failed its check: these are the batch's errors."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} errors")
+        self.errors = errors
 
 
 def file_not_found(file_id: str) -> dict[str, Any]:
@@ -157,22 +166,33 @@ class Validator:
         if await self.store.get_file(record.workspace, record.input_file_id) is None:
             await self._fail(record, [file_not_found(record.input_file_id)])
             return
-        loop = asyncio.get_running_loop()
-        checker = await loop.run_in_executor(self._pool, self._check, record, abort)
-        if abort.is_set():
-            raise _Aborted()
-        if checker.errors:
-            await self._fail(record, checker.errors)
-            return
+        # Pass one (the check) on a validation thread, while pass two (the enqueue) reads the file again
+        # on a store thread and inserts its requests; the enqueue commits only once the check has passed.
+        checking = self._pool.submit(self._check, record, abort)
+
+        def verdict() -> tuple[int, str | None]:
+            try:
+                checker = checking.result()
+            except concurrent.futures.CancelledError:  # the node is stopping
+                raise _Aborted() from None
+            if abort.is_set():
+                raise _Aborted()
+            if checker.errors:
+                raise _InvalidInput(checker.errors)
+            return checker.total, checker.model
+
         try:
             batch = await self.store.start_validated(
-                msgspec.structs.replace(record, model=checker.model),
+                record,
                 owner=self.owner,
-                total=checker.total,
+                verdict=verdict,
                 item_groups=lambda chunks: self._groups(record, chunks),
                 now=now_micros(),
                 max_queued_requests=self.settings.max_queued_requests,
             )
+        except _InvalidInput as invalid:
+            await self._fail(record, invalid.errors)
+            return
         except InputFileGoneError:
             await self._fail(record, [file_not_found(record.input_file_id)])
             return
@@ -183,6 +203,8 @@ class Validator:
             )
             await self._fail(record, [batch_error("request_limit_exceeded", message)])
             return
+        finally:
+            checking.cancel()  # if it has not started (the enqueue gave up first): it never will
         if batch is None:
             raise _Aborted()
         logger.info("batch %s validated: %d requests in progress", record.id, batch.total)

@@ -383,7 +383,7 @@ class OpenAIStore:
         record: OpenAIBatchRecord,
         *,
         owner: str,
-        total: int,
+        verdict: Callable[[], tuple[int, str | None]],
         item_groups: ItemGroups,
         now: int,
         max_queued_requests: int,
@@ -392,9 +392,12 @@ class OpenAIStore:
         transaction, if this owner still holds its claim: exactly once, whatever other validators, cancels
         and crashes do. None: the claim was lost (cancelled, or lapsed and taken), nothing changed.
 
-        The requests are read again from the file's chunks in this transaction (`item_groups`), a group at
-        a time, never all at once. Raises `InputFileGoneError` (the file was deleted since), or
-        `QueueFullError` (the workspace's queue is full); nothing is stored then either.
+        The requests are read from the file's chunks in this transaction (`item_groups`), a group at a
+        time, never all at once, while the file may still be under check elsewhere: `verdict()` is asked
+        before anything commits and gives (requests, model) of a valid file, waiting for the check if
+        need be; whatever it raises (the file is invalid) rolls everything back and reaches the caller.
+        Raises `InputFileGoneError` (the file was deleted since), or `QueueFullError` (the workspace's
+        queue is full); nothing is stored then either.
         """
         assert record.expires_at is not None
 
@@ -416,21 +419,15 @@ class OpenAIStore:
                 ).scalar_one_or_none()
                 if file_seq is None:
                     raise InputFileGoneError(record.input_file_id)
-                if max_queued_requests:
-                    self.store._lock_workspace(conn, record.workspace)
-                    queued = conn.execute(
-                        select(batches.c.processing).where(batches.c.workspace == record.workspace, UNFINISHED)
-                    ).scalars()
-                    if sum(queued) + total > max_queued_requests:
-                        raise QueueFullError(max_queued_requests)
+                # Counted in once the requests are in: nothing may lease them before this commits.
                 seq = conn.execute(
                     batches.insert()
                     .values(
                         id=record.id,
                         workspace=record.workspace,
                         status=IN_PROGRESS,
-                        total=total,
-                        processing=total,
+                        total=0,
+                        processing=0,
                         created_at=now,
                         expires_at=record.expires_at,
                         format=OPENAI,
@@ -440,21 +437,34 @@ class OpenAIStore:
                 first_id: int | None = None
                 last_id: int | None = None
                 inserted = 0
-                for group in item_groups(_chunks_in(conn, file_seq)):
-                    low, last_id = self.store._insert_requests(conn, seq, group)
-                    first_id = low if first_id is None else first_id
-                    inserted += len(group)
+                try:
+                    for group in item_groups(_chunks_in(conn, file_seq)):
+                        low, last_id = self.store._insert_requests(conn, seq, group)
+                        first_id = low if first_id is None else first_id
+                        inserted += len(group)
+                except Exception:
+                    verdict()  # a line the check has refused (or will): its errors are what the caller wants
+                    raise  # the file passed its check, yet could not be read again: a bug
+                total, model = verdict()
                 if inserted != total:  # the file cannot change; this would be a bug, so store nothing
                     raise RuntimeError(f"batch {record.id}: {inserted} requests enqueued, {total} validated")
+                if max_queued_requests:
+                    # Serialised per workspace only now that the requests are in (as a streamed create).
+                    self.store._lock_workspace(conn, record.workspace)
+                    queued = conn.execute(
+                        select(batches.c.processing).where(batches.c.workspace == record.workspace, UNFINISHED)
+                    ).scalars()
+                    if sum(queued) + total > max_queued_requests:
+                        raise QueueFullError(max_queued_requests)
                 conn.execute(
                     update(batches)
                     .where(batches.c.seq == seq)
-                    .values(first_request_id=first_id, last_request_id=last_id)
+                    .values(total=total, processing=total, first_request_id=first_id, last_request_id=last_id)
                 )
                 conn.execute(
                     update(openai_batches)
                     .where(openai_batches.c.seq == record.seq)
-                    .values(batch_seq=seq, model=record.model, validation_owner=None, validation_expires_at=None)
+                    .values(batch_seq=seq, model=model, validation_owner=None, validation_expires_at=None)
                 )
                 self.store._notify(conn)
                 return _one_batch(conn, seq)

@@ -82,15 +82,15 @@ async def test_one_claim_at_a_time_and_a_stale_claim_enqueues_nothing(store: Sto
     assert taken is not None and taken.seq == batch.seq
     assert not await openai.renew_validation(batch.seq, owner=winner, lease_until=50)
     stale = await openai.start_validated(
-        held[0], owner=winner, total=2, item_groups=line_groups, now=26, max_queued_requests=0
+        held[0], owner=winner, verdict=lambda: (2, None), item_groups=line_groups, now=26, max_queued_requests=0
     )
     assert stale is None
     started = await openai.start_validated(
-        taken, owner="late", total=2, item_groups=line_groups, now=26, max_queued_requests=0
+        taken, owner="late", verdict=lambda: (2, None), item_groups=line_groups, now=26, max_queued_requests=0
     )
     assert started is not None and started.total == 2 and started.created_at == 26
     again = await openai.start_validated(
-        taken, owner="late", total=2, item_groups=line_groups, now=27, max_queued_requests=0
+        taken, owner="late", verdict=lambda: (2, None), item_groups=line_groups, now=27, max_queued_requests=0
     )
     assert again is None  # in progress now: never twice
     record = await openai.get_batch("w", "batch_a")
@@ -107,7 +107,9 @@ async def test_cancel_beats_a_claim_and_a_gone_file_is_reported(store: Store) ->
     assert await openai.cancel_validating(first.seq, 11)
     assert not await openai.cancel_validating(first.seq, 12)
     assert (
-        await openai.start_validated(claim, owner="v", total=1, item_groups=line_groups, now=13, max_queued_requests=0)
+        await openai.start_validated(
+            claim, owner="v", verdict=lambda: (1, None), item_groups=line_groups, now=13, max_queued_requests=0
+        )
         is None
     )
     assert not await openai.fail_validation(first.seq, owner="v", errors=b"[]", now=13)
@@ -117,7 +119,59 @@ async def test_cancel_beats_a_claim_and_a_gone_file_is_reported(store: Store) ->
     assert claim is not None and claim.id == "batch_b"
     assert await openai.delete_file("w", "file-a")
     with pytest.raises(InputFileGoneError):
-        await openai.start_validated(claim, owner="v", total=1, item_groups=line_groups, now=13, max_queued_requests=0)
+        await openai.start_validated(
+            claim, owner="v", verdict=lambda: (1, None), item_groups=line_groups, now=13, max_queued_requests=0
+        )
     assert await openai.fail_validation(claim.seq, owner="v", errors=b"[]", now=14)
     failed = await openai.get_batch("w", "batch_b")
     assert failed is not None and failed.failed_at == 14 and failed.batch is None
+
+
+async def test_the_enqueue_commits_only_once_the_verdict_is_in(store: Store) -> None:
+    openai = OpenAIStore(store)
+    await add_file(openai, b'{"a": 1}\n{"b": 2}\n')
+    await add_batch(openai, "batch_a")
+    claim = await openai.claim_validation(owner="v", now=10, lease_until=FAR_FUTURE)
+    assert claim is not None
+    seen_while_waiting: list[int] = []
+
+    class FileInvalid(Exception):
+        pass
+
+    def refused() -> tuple[int, str | None]:
+        # The requests are in (uncommitted) by now; another connection sees none of them.
+        with store.engine.connect() as conn:
+            seen_while_waiting.append(conn.exec_driver_sql("SELECT count(*) FROM requests").scalar_one())
+        raise FileInvalid
+
+    with pytest.raises(FileInvalid):
+        await openai.start_validated(
+            claim, owner="v", verdict=refused, item_groups=line_groups, now=11, max_queued_requests=0
+        )
+    assert seen_while_waiting == [0]
+    record = await openai.get_batch("w", "batch_a")
+    assert record is not None and record.batch is None and record.batch_seq is None  # nothing stored
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM requests").scalar_one() == 0
+
+    # The claim still holds: the same validator can enqueue it (or fail it) now.
+    started = await openai.start_validated(
+        claim, owner="v", verdict=lambda: (2, "m"), item_groups=line_groups, now=12, max_queued_requests=0
+    )
+    assert started is not None and (started.total, started.processing) == (2, 2)
+    record = await openai.get_batch("w", "batch_a")
+    assert record is not None and record.model == "m" and record.batch is not None
+
+
+async def test_a_verdict_that_disagrees_with_the_lines_read_stores_nothing(store: Store) -> None:
+    openai = OpenAIStore(store)
+    await add_file(openai, b'{"a": 1}\n{"b": 2}\n')
+    await add_batch(openai, "batch_a")
+    claim = await openai.claim_validation(owner="v", now=10, lease_until=FAR_FUTURE)
+    assert claim is not None
+    with pytest.raises(RuntimeError, match="2 requests enqueued, 3 validated"):
+        await openai.start_validated(
+            claim, owner="v", verdict=lambda: (3, "m"), item_groups=line_groups, now=11, max_queued_requests=0
+        )
+    record = await openai.get_batch("w", "batch_a")
+    assert record is not None and record.batch is None

@@ -19,6 +19,7 @@ in the Message), normalised only where the SDK's types would reject it.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Annotated, Any, Literal
@@ -251,6 +252,7 @@ _FINISH_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+_FINISH_REASON_BYTES = {reason: finish.encode() for reason, finish in _FINISH_REASONS.items()}
 
 
 def chat_to_params(body: Any) -> ChatCompletionParams:
@@ -536,14 +538,20 @@ def text_completion_values(message: Message, *, model: str) -> tuple[bytes | int
     return (
         _encode("chatcmpl-" + (message_id[4:] if isinstance(message_id, str) else ids.message_id()[4:])),
         int(time.time()),
-        _encode(model),
+        _encoded_model(model),
         _encode(text),
-        _FINISH_REASONS.get(str(message.get("stop_reason")), "stop").encode(),
+        _FINISH_REASON_BYTES.get(reason, b"stop") if type(reason := message.get("stop_reason")) is str else b"stop",
         prompt,
         completion,
         prompt + completion,
         cached,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded_model(model: str) -> bytes:
+    """A model name as JSON: a batch names the same one in every line."""
+    return _encode(model)
 
 
 def _plain_reply_text(message: Message) -> str | None:
