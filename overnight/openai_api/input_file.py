@@ -173,15 +173,12 @@ def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
     rest = b""
     skipping = False
     for chunk in chunks:
-        data = rest + chunk if rest else chunk
-        start = 0
-        while (end := data.find(b"\n", start)) != -1:
-            if skipping:
-                skipping = False
-            else:
-                yield data[start:end]
-            start = end + 1
-        rest = data[start:]
+        lines = (rest + chunk if rest else chunk).split(b"\n")  # in C, not a find per line
+        rest = lines.pop()
+        if lines and skipping:
+            skipping = False
+            del lines[0]  # the end of the overlong line
+        yield from lines
         if len(rest) > MAX_LINE_BYTES:
             if not skipping:
                 yield None
