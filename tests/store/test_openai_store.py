@@ -127,12 +127,17 @@ async def test_cancel_beats_a_claim_and_a_gone_file_is_reported(store: Store) ->
     assert failed is not None and failed.failed_at == 14 and failed.batch is None
 
 
-async def test_the_enqueue_commits_only_once_the_verdict_is_in(store: Store) -> None:
-    openai = OpenAIStore(store)
+async def claimed_two_line_batch(openai: OpenAIStore) -> OpenAIBatchRecord:
     await add_file(openai, b'{"a": 1}\n{"b": 2}\n')
     await add_batch(openai, "batch_a")
     claim = await openai.claim_validation(owner="v", now=10, lease_until=FAR_FUTURE)
     assert claim is not None
+    return claim
+
+
+async def test_the_enqueue_commits_only_once_the_verdict_is_in(store: Store) -> None:
+    openai = OpenAIStore(store)
+    claim = await claimed_two_line_batch(openai)
     seen_while_waiting: list[int] = []
 
     class FileInvalid(Exception):
@@ -165,10 +170,7 @@ async def test_the_enqueue_commits_only_once_the_verdict_is_in(store: Store) -> 
 
 async def test_a_verdict_that_disagrees_with_the_lines_read_stores_nothing(store: Store) -> None:
     openai = OpenAIStore(store)
-    await add_file(openai, b'{"a": 1}\n{"b": 2}\n')
-    await add_batch(openai, "batch_a")
-    claim = await openai.claim_validation(owner="v", now=10, lease_until=FAR_FUTURE)
-    assert claim is not None
+    claim = await claimed_two_line_batch(openai)
     with pytest.raises(RuntimeError, match="2 requests enqueued, 3 validated"):
         await openai.start_validated(
             claim, owner="v", verdict=lambda: (3, "m"), item_groups=line_groups, now=11, max_queued_requests=0
