@@ -12,11 +12,11 @@ from typing import IO, Any, TypeVar
 import msgspec
 from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
-from overnight.store.base import QueueFullError, Store, UnknownCursorError, _one_batch
+from overnight.store.base import Store, UnknownCursorError, _one_batch
 from overnight.store.records import CANCELED, EXPIRED, IN_PROGRESS, OPENAI, SUCCEEDED, BatchRecord
+from overnight.store.sqlite import page_cache
 from overnight.store.tables import (
     FILE_CHUNK_BYTES,
-    UNFINISHED,
     VALIDATING,
     batches,
     file_chunks,
@@ -451,11 +451,7 @@ class OpenAIStore:
                 if max_queued_requests:
                     # Serialised per workspace only now that the requests are in (as a streamed create).
                     self.store._lock_workspace(conn, record.workspace)
-                    queued = conn.execute(
-                        select(batches.c.processing).where(batches.c.workspace == record.workspace, UNFINISHED)
-                    ).scalars()
-                    if sum(queued) + total > max_queued_requests:
-                        raise QueueFullError(max_queued_requests)
+                    self.store._check_queue(conn, record.workspace, total, max_queued_requests)
                 conn.execute(
                     update(batches)
                     .where(batches.c.seq == seq)
@@ -563,14 +559,8 @@ def _small_cache(conn: Connection) -> Iterator[None]:
     if conn.dialect.name != "sqlite":
         yield
         return
-    cursor = Store._driver_cursor(conn)
-    cursor.execute("PRAGMA cache_size")
-    (size,) = cursor.fetchone()
-    cursor.execute("PRAGMA cache_size=-1024")
-    try:
+    with page_cache(Store._driver_cursor(conn), kib=1024):
         yield
-    finally:
-        Store._driver_cursor(conn).execute(f"PRAGMA cache_size={int(size)}")
 
 
 def _chunks_from(conn: Connection, file_seq: int, idx: int) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Iterator, Sequence
@@ -148,18 +149,13 @@ class SQLiteStore(Store):
         first_id = (cursor.fetchone()[0] or 0) + 1
         # Appending touches each page once: a big insert gains nothing from the page cache but its memory.
         small_cache = len(items) >= _SMALL_CACHE_FROM_ROWS
-        if small_cache:
-            cursor.execute(f"PRAGMA cache_size=-{_INSERT_CACHE_KIB}")
-        try:
+        with page_cache(cursor, kib=_INSERT_CACHE_KIB) if small_cache else contextlib.nullcontext():
             position = 0
             for size in _INSERT_STATEMENT_ROWS:
                 while len(items) - position >= size:
                     rows = items[position : position + size]
                     cursor.execute(_insert_sql(size), [seq, *chain.from_iterable(rows)])
                     position += size
-        finally:
-            if small_cache:
-                cursor.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         cursor.execute("SELECT max(id) FROM requests")
         return first_id, cursor.fetchone()[0]
 
@@ -218,6 +214,18 @@ class SQLiteStore(Store):
             cursor.execute(_RESULT_CHUNK_SQL, (first_id, last_id, seq))
             chunk, count = cursor.fetchone()
             return chunk or b"", count
+
+
+@contextlib.contextmanager
+def page_cache(cursor: Any, *, kib: int) -> Iterator[None]:
+    """SQLite's page cache of `kib` KiB on this cursor's connection for the block, then the one it had."""
+    cursor.execute("PRAGMA cache_size")
+    (size,) = cursor.fetchone()
+    cursor.execute(f"PRAGMA cache_size=-{kib}")
+    try:
+        yield
+    finally:
+        cursor.execute(f"PRAGMA cache_size={int(size)}")
 
 
 def connect(url: str) -> Engine:

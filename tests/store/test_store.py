@@ -280,7 +280,7 @@ async def test_a_big_insert_runs_on_a_small_page_cache_and_gives_the_cache_back(
     small_cache = f"PRAGMA cache_size=-{sqlite_module._INSERT_CACHE_KIB}"
     assert not [s for s in statements if s.startswith("PRAGMA cache_size")]
     big = await make_batch(store, 2000, batch_id="msgbatch_big")
-    pragmas = [n for n, s in enumerate(statements) if s.startswith("PRAGMA cache_size")]
+    pragmas = [n for n, s in enumerate(statements) if s.startswith("PRAGMA cache_size=")]  # set, not read
     inserts = [n for n, s in enumerate(statements) if s.startswith("INSERT INTO requests")]
     # Set small before the big batch's first row, and back after its last.
     assert [statements[n] for n in pragmas] == [small_cache, f"PRAGMA cache_size=-{sqlite_module._CACHE_KIB}"]
