@@ -228,7 +228,7 @@ class Scheduler:
                 want = target - self._buffer.qsize()
                 starved, self._starved = self._starved, False
                 try:
-                    leased = await self._lease_round(target)
+                    leased = await self._lease_round(want)
                 except Exception:
                     logger.exception("leasing failed; trying again shortly")
                     await asyncio.sleep(1)
@@ -246,12 +246,12 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_SECONDS)
             self._pending_seen = True
 
-    async def _lease_round(self, target: int) -> int:
+    async def _lease_round(self, want: int) -> int:
+        """Lease about `want` more requests, an equal share from each in-progress batch; how many came."""
         # From what the service and the sweeper told us, not a fresh read: a read on a reader thread can
         # take many switch intervals to get the GIL back while the workers keep the loop busy.
         in_progress = sorted(seq for seq, status in self._batch_status.items() if status == IN_PROGRESS)
-        want = target - self._buffer.qsize()
-        if not in_progress or want <= 0:
+        if not in_progress:
             return 0
         # Rotate the starting batch so that, with more batches than one round asks, all get turns.
         count = min(len(in_progress), _MAX_BATCHES_PER_ROUND)
