@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import string
-import threading
 
 _ALPHABET = (string.digits + string.ascii_letters).encode()
 # Random bytes map onto the alphabet in C via `bytes.translate`: the 248 lowest byte values (4 x 62)
@@ -20,46 +19,29 @@ _POOL_BYTES = 1 << 16
 
 
 class _RandomPool:
-    """Base62 strings cut from one draw of the OS's CSPRNG: one system call per ~2,600 ids, not one each.
+    """Base62 ids cut from one draw of the OS's CSPRNG: one system call per ~2,600 ids, not one each.
 
     The draw is mapped to base62 as a whole (uneven bytes deleted), so every character is independent
-    and uniform, and consecutive 24-character slices are as good as separate draws. The ids of the
-    usual length are cut in one go and handed out by `list.pop`, which is atomic: no lock per id.
+    and uniform, and consecutive 24-character slices are as good as separate draws. The ids are cut in
+    one go and handed out by `list.pop`, which is atomic: no lock per id.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._chars = ""
-        self._offset = 0
         self._ids: list[str] = []
 
-    def take(self, length: int = _ID_LENGTH) -> str:
-        if length == _ID_LENGTH:
+    def take(self) -> str:
+        while True:
             try:
                 return self._ids.pop()
             except IndexError:
-                chars = _draw()
+                chars = os.urandom(_POOL_BYTES).translate(_TO_BASE62, _UNEVEN).decode()
                 # Another thread may refill at the same time: each list holds its own draw's ids.
                 self._ids = [
                     chars[start : start + _ID_LENGTH] for start in range(0, len(chars) - _ID_LENGTH + 1, _ID_LENGTH)
                 ]
-                return self.take(length)
-        with self._lock:
-            if self._offset + length > len(self._chars):
-                self._chars = _draw()
-                self._offset = 0
-            start = self._offset
-            self._offset = start + length
-            return self._chars[start : self._offset]
 
     def forget(self) -> None:
-        # In a forked child: the lock may have been held by a thread that does not exist there.
-        self._lock = threading.Lock()
-        self._chars, self._offset, self._ids = "", 0, []
-
-
-def _draw() -> str:
-    return os.urandom(_POOL_BYTES).translate(_TO_BASE62, _UNEVEN).decode()
+        self._ids = []
 
 
 _random = _RandomPool()
@@ -67,8 +49,8 @@ _random = _RandomPool()
 os.register_at_fork(after_in_child=_random.forget)
 
 
-def _random_base62(length: int = _ID_LENGTH) -> str:
-    return _random.take(length)
+def _random_base62() -> str:
+    return _random.take()
 
 
 def batch_id() -> str:
