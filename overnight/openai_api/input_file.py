@@ -157,8 +157,9 @@ class InputChecker:
 
 
 def checked_items(lines: Iterable[bytes | None]) -> Iterator[tuple[str, msgspec.Raw]]:
-    """The (custom_id, body) of each line of a file an `InputChecker` has already passed (every
-    non-blank line valid): only decoded again, not checked again."""
+    """The (custom_id, body) of each line of a file an `InputChecker` passes (or is checking meanwhile):
+    only decoded, not checked. A line of another shape raises (msgspec's error, or `ValueError` for an
+    overlong one): the file cannot pass then."""
     for raw in lines:
         if raw is None:
             raise ValueError("an overlong line in a file that passed its checks")

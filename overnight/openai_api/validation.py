@@ -1,11 +1,12 @@
 """Validating OpenAI batches in the background, on every node that runs the engine.
 
 `POST /v1/batches` only stores a `validating` row. A validator claims it (a lease on the row, renewed
-while it works; a claim whose holder died lapses and is anyone's), checks the input file line by line
-from its stored chunks (pass one, on a thread of its own, holding nothing but the custom_ids), then
-enqueues the requests, read from the chunks again, as an engine batch, in one transaction that first
-compare-and-sets the claim (pass two). So a batch is enqueued exactly once whatever crashes, cancels
-and other validators do, and a file of any size is checked and enqueued in the memory of a few chunks.
+while it works; a claim whose holder died lapses and is anyone's) and reads the input file twice from
+its stored chunks, at the same time: pass one checks it line by line on a thread of its own, holding
+nothing but the custom_ids; pass two enqueues the requests as an engine batch, in one transaction that
+first compare-and-sets the claim and commits only once pass one has passed the file. So a batch is
+enqueued exactly once whatever crashes, cancels and other validators do, and a file of any size is
+checked and enqueued in the memory of a few chunks.
 """
 
 from __future__ import annotations
@@ -227,8 +228,9 @@ class Validator:
 
     def _groups(self, record: OpenAIBatchRecord, chunks: Iterator[bytes]) -> Iterator[Sequence[tuple[str, Any]]]:
         """Pass two (in the enqueueing transaction): the requests, a bounded group at a time. The file
-        passed pass one and cannot change (deleting it waits for this transaction), so its lines are only
-        decoded again; `start_validated` checks their number."""
+        cannot change (deleting it waits for this transaction) and pass one checks it meanwhile, so its
+        lines are only decoded; a line that does not decode stops this pass, and the check's verdict
+        says why. `start_validated` checks their number against it."""
         group: list[tuple[str, Any]] = []
         size = 0
         for item in checked_items(split_lines(chunks)):
