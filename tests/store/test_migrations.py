@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -12,13 +11,6 @@ from overnight.store import open_store
 from overnight.store.base import MIGRATIONS
 from overnight.store.tables import metadata
 from tests.conftest import newest_migration
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db.sqlite3'}"
-    return str(request.getfixturevalue("postgres_url"))
 
 
 def test_migrated_schema_matches_tables(database_url: str) -> None:

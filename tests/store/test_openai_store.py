@@ -6,28 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
-from overnight.store import Store, open_store
+from overnight.store import Store
 from overnight.store.openai import FileRecord, InputFileGoneError, OpenAIBatchRecord, OpenAIStore
 from overnight.store.tables import FILE_CHUNK_BYTES
 
 FAR_FUTURE = 2**60
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = (
-        f"sqlite:///{tmp_path / 'db.sqlite3'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    )
-    store = open_store(url)
-    store.migrate()
-    yield store
-    store.close()
 
 
 async def add_file(openai: OpenAIStore, content: bytes, file_id: str = "file-a") -> FileRecord:

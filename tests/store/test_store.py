@@ -22,18 +22,6 @@ from overnight.store.sqlite import SQLiteStore
 FAR_FUTURE = 2**60
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    store = open_store(url)
-    store.migrate()
-    yield store
-    store.close()
-
-
 async def make_batch(
     store: Store, n: int, *, batch_id: str = "msgbatch_a", expires_at: int = FAR_FUTURE
 ) -> BatchRecord:

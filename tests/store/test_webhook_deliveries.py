@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,12 +23,9 @@ EXPIRES = 4_000_000_000 * 1_000_000  # in 2096: late, and still a date
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = (
-        f"sqlite:///{tmp_path / 'db.sqlite3'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    )
-    store = open_store(url)
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = open_store(database_url)
     store.migrate()
     # Workspace "w" has a webhook; "quiet" has none.
     store.on_batch_ended = BatchEndedEvents({"w": WebhookTarget("http://127.0.0.1:9/hook", SECRET)}, "http://h")
