@@ -7,7 +7,8 @@ errors have `line: None`. The error codes are those OpenAI's API and its documen
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Annotated, Any
+from operator import attrgetter
+from typing import Annotated, Any, cast
 
 import msgspec
 
@@ -34,24 +35,35 @@ _decode_line = msgspec.json.Decoder(_Line).decode
 _decode_body = msgspec.json.Decoder(_Body).decode
 
 
-# The shape nearly every line has, checked in C: what these accept, `_check_line` accepts too, so a line
-# they take needs only the checks that compare it with the file's other lines (see `InputChecker._check`).
-# Anything else goes the general way, which names the error.
-class _TypicalLine(msgspec.Struct, gc=False):
-    custom_id: str
-    method: str
-    url: str
-    body: msgspec.Raw
-
-
+# The shape nearly every line has, checked in C in one decode: what these accept, `_check_line` accepts
+# too, so a line they take needs only the checks that compare it with the file's other lines (see
+# `InputChecker._check`). Anything else goes the general way, which names the error.
 class _TypicalBody(msgspec.Struct, gc=False):
     model: Annotated[str, msgspec.Meta(min_length=1)]
     messages: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1)]
     stream: bool | None = None
 
 
-_decode_typical_line = msgspec.json.Decoder(_TypicalLine).decode
-_decode_typical_body = msgspec.json.Decoder(_TypicalBody).decode
+class _TypicalCheckedLine(msgspec.Struct, gc=False):
+    custom_id: str
+    method: str
+    url: str
+    body: _TypicalBody
+
+
+_decode_typical_line = msgspec.json.Decoder(_TypicalCheckedLine).decode
+_CUSTOM_ID, _METHOD, _URL = attrgetter("custom_id"), attrgetter("method"), attrgetter("url")
+_MODEL, _STREAM = attrgetter("body.model"), attrgetter("body.stream")
+
+
+# A line of a file that passed its check, as it is enqueued: the body kept as the bytes sent.
+class _TypicalLine(msgspec.Struct, gc=False):
+    custom_id: str
+    body: msgspec.Raw
+
+
+_decode_request = msgspec.json.Decoder(_TypicalLine).decode
+_CUSTOM_ID_AND_BODY = attrgetter("custom_id", "body")
 
 
 def batch_error(code: str, message: str, *, line: int | None = None, param: str | None = None) -> dict[str, Any]:
@@ -59,9 +71,10 @@ def batch_error(code: str, message: str, *, line: int | None = None, param: str 
 
 
 class InputChecker:
-    """Checks a file's lines as they come (`items`), keeping only the custom_ids seen, so that a file of
-    any size is checked in the memory of one line. Afterwards, `errors` says why the file is invalid
-    (empty: it is valid), `total` how many requests it holds and `model` which model they all use."""
+    """Checks a file's lines as they come (`check`, then `finish`), keeping only the custom_ids seen, so
+    that a file of any size is checked in the memory of one chunk. Afterwards, `errors` says why the file is invalid
+    (empty: it is valid), `total` how many requests it holds, `model` which model they all use and
+    `custom_ids` theirs."""
 
     def __init__(self, *, endpoint: str, max_lines: int, model_is_served: Callable[[str], bool]) -> None:
         self.endpoint = endpoint
@@ -70,51 +83,92 @@ class InputChecker:
         self.errors: list[dict[str, Any]] = []
         self.model: str | None = None
         self.total = 0
-        self._seen: set[str] = set()
+        self.custom_ids: set[str] = set()
+        self._number = 0  # lines so far
+        self._blank = 0  # blank lines not yet known to be followed by another line (trailing ones are fine)
 
-    def items(self, lines: Iterable[bytes | None]) -> Iterator[tuple[str, msgspec.Raw]]:
-        """The (custom_id, body) of each valid line, in order; stops early once the file is known to
-        be invalid. A `None` line is one longer than `MAX_LINE_BYTES` (see `split_lines`)."""
-        blank = 0  # blank lines not yet known to be followed by another line (trailing ones are fine)
-        number = 0
-        for raw in lines:
-            number += 1
-            if raw is not None and not raw.strip():
-                blank += 1
-                continue
-            if number > self.max_lines:
-                self.errors = [
-                    batch_error(
-                        "too_many_tasks",
-                        f"The input file has more than {self.max_lines} requests; a batch holds at most "
-                        f"{self.max_lines}.",
-                    )
-                ]
-                return
-            for earlier in range(number - blank, number):
-                self._add(batch_error("invalid_json_line", "This line is not parseable as valid JSON.", line=earlier))
-            blank = 0
-            item = self._check(raw, number)
-            if item is not None and not self.errors:
-                self.total += 1
-                yield item
-            if len(self.errors) >= MAX_REPORTED_ERRORS:
-                del self.errors[MAX_REPORTED_ERRORS:]
-                return
-        if number == blank and not self.errors:
+    def check(self, lines: list[bytes | None]) -> bool:
+        """Check the next lines of the file (a group of `line_groups`); False once the file is known to
+        be invalid and what follows need not be read. A `None` line is one longer than `MAX_LINE_BYTES`."""
+        if self._all_typical(lines):
+            return True
+        return all(map(self._line, lines))  # stops at the first False
+
+    def finish(self) -> None:
+        """The file has no more lines: one without any is invalid too."""
+        if self._number == self._blank and not self.errors:
             self.errors.append(batch_error("empty_file", "The input file is empty."))
+
+    def _all_typical(self, lines: list[bytes | None]) -> bool:
+        """Count the lines in if every one is a valid request of the typical shape, checked together in
+        C loops (one decode a line, then a set or a min/max over each field); otherwise change nothing:
+        each line is then checked by itself, which names the errors."""
+        if self._blank or self.errors or self._number + len(lines) > self.max_lines or None in lines:
+            return False
+        try:
+            typical = list(map(_decode_typical_line, cast("list[bytes]", lines)))
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # ValidationError too
+            return False
+        custom_ids = list(map(_CUSTOM_ID, typical))
+        fresh = set(custom_ids)
+        models = set(map(_MODEL, typical))
+        model = next(iter(models)) if len(models) == 1 else None
+        if not (
+            model is not None
+            and (model == self.model if self.model is not None else self.model_is_served(model))
+            and set(map(_METHOD, typical)) == {"POST"}
+            and set(map(_URL, typical)) == {self.endpoint}
+            and True not in set(map(_STREAM, typical))
+            and len(fresh) == len(custom_ids)
+            and fresh.isdisjoint(self.custom_ids)
+            and max(map(len, custom_ids)) <= _MAX_CUSTOM_ID_CHARS
+            and all(custom_ids)
+            and all(map(str.isprintable, custom_ids))
+        ):
+            return False
+        self.model = model
+        self.custom_ids |= fresh
+        self.total += len(lines)
+        self._number += len(lines)
+        return True
+
+    def _line(self, raw: bytes | None) -> bool:
+        """Check one line; False once the file is known to be invalid (nothing more to check)."""
+        self._number += 1
+        number = self._number
+        if raw is not None and not raw.strip():
+            self._blank += 1
+            return True
+        if number > self.max_lines:
+            self.errors = [
+                batch_error(
+                    "too_many_tasks",
+                    f"The input file has more than {self.max_lines} requests; a batch holds at most {self.max_lines}.",
+                )
+            ]
+            return False
+        for earlier in range(number - self._blank, number):
+            self._add(batch_error("invalid_json_line", "This line is not parseable as valid JSON.", line=earlier))
+        self._blank = 0
+        if self._check(raw, number) and not self.errors:
+            self.total += 1
+        if len(self.errors) >= MAX_REPORTED_ERRORS:
+            del self.errors[MAX_REPORTED_ERRORS:]
+            return False
+        return True
 
     def _add(self, error: dict[str, Any]) -> None:
         self.errors.append(error)
 
-    def _check(self, raw: bytes | None, number: int) -> tuple[str, msgspec.Raw] | None:
+    def _check(self, raw: bytes | None, number: int) -> bool:
+        """Whether the line is a valid request (if not, its error is added)."""
         if raw is not None:
             try:
                 typical = _decode_typical_line(raw)
-                body = _decode_typical_body(typical.body)
             except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # ValidationError too
                 pass
             else:
+                body = typical.body
                 custom_id, model = typical.custom_id, body.model
                 if (
                     typical.method == "POST"
@@ -122,70 +176,77 @@ class InputChecker:
                     and len(custom_id) <= _MAX_CUSTOM_ID_CHARS
                     and custom_id  # after the length: the commonest check to pass last
                     and custom_id.isprintable()
-                    and custom_id not in self._seen
+                    and custom_id not in self.custom_ids
                     and body.stream is not True
                     and (model == self.model if self.model is not None else self.model_is_served(model))
                 ):
                     self.model = model
-                    self._seen.add(custom_id)
-                    return custom_id, typical.body
+                    self.custom_ids.add(custom_id)
+                    return True
         return self._check_generally(raw, number)
 
-    def _check_generally(self, raw: bytes | None, number: int) -> tuple[str, msgspec.Raw] | None:
+    def _check_generally(self, raw: bytes | None, number: int) -> bool:
         if raw is None:
             self._add(
                 batch_error(
                     "invalid_request", f"This line is longer than {MAX_LINE_BYTES} bytes.", line=number, param=None
                 )
             )
-            return None
+            return False
         try:
             line = _decode_line(raw)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
             self._add(batch_error("invalid_json_line", "This line is not parseable as valid JSON.", line=number))
-            return None
+            return False
         error, custom_id, body_model = _check_line(
-            line, number, self.endpoint, self._seen, self.model, self.model_is_served
+            line, number, self.endpoint, self.custom_ids, self.model, self.model_is_served
         )
         if error is not None:
             self._add(error)
-            return None
+            return False
         assert custom_id is not None
         self.model = self.model or body_model
-        self._seen.add(custom_id)
-        return custom_id, line.body
+        self.custom_ids.add(custom_id)
+        return True
 
 
-def checked_items(lines: Iterable[bytes | None]) -> Iterator[tuple[str, msgspec.Raw]]:
-    """The (custom_id, body) of each line of a file an `InputChecker` passes (or is checking meanwhile):
-    only decoded, not checked. A line of another shape raises (msgspec's error, or `ValueError` for an
-    overlong one): the file cannot pass then."""
-    for raw in lines:
-        if raw is None:
-            raise ValueError("an overlong line in a file that passed its checks")
-        if raw.strip():
-            line = _decode_typical_line(raw)  # a line that passed has the typical line's types
-            yield line.custom_id, line.body
+def checked_requests(checker: InputChecker, chunks: Iterable[bytes]) -> Iterator[list[tuple[str, msgspec.Raw]]]:
+    """A file's requests, (custom_id, body as sent), a list for each chunk's lines, each checked by
+    `checker` before it is given. Once the file is known to be invalid nothing more is given, but the
+    lines after are still checked (their errors are reported too, up to `MAX_REPORTED_ERRORS`); at the
+    end, `checker` holds the verdict. A line that passed has the typical line's types (see `_check_line`),
+    so reading it again as `_TypicalLine` cannot fail."""
+    for lines in line_groups(chunks):
+        if not checker.check(lines):
+            return
+        if not checker.errors:  # then no line is None, and each blank one is at the end so far
+            present = filter(bytes.strip, cast("list[bytes]", lines))
+            if requests := list(map(_CUSTOM_ID_AND_BODY, map(_decode_request, present))):
+                yield requests
+    checker.finish()
 
 
-def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
-    """A file's lines (without their `\n`), from its bytes in chunks of any size; `None` stands for a
-    line longer than `MAX_LINE_BYTES`, which is skipped rather than held."""
+def line_groups(chunks: Iterable[bytes]) -> Iterator[list[bytes | None]]:
+    """A file's lines (without their `\n`), from its bytes in chunks of any size, as a list for each chunk
+    that ends a line; `None` stands for a line longer than `MAX_LINE_BYTES`, which is skipped rather
+    than held."""
     rest = b""
     skipping = False
     for chunk in chunks:
-        lines = (rest + chunk if rest else chunk).split(b"\n")  # in C, not a find per line
-        rest = lines.pop()
+        split = (rest + chunk if rest else chunk).split(b"\n")  # in C, not a find per line
+        rest = split.pop()
+        lines = cast("list[bytes | None]", split)  # the list is ours: a None may join it
         if lines and skipping:
             skipping = False
             del lines[0]  # the end of the overlong line
-        yield from lines
         if len(rest) > MAX_LINE_BYTES:
             if not skipping:
-                yield None
+                lines.append(None)
             skipping, rest = True, b""
+        if lines:
+            yield lines
     if rest and not skipping:
-        yield rest
+        yield [rest]
 
 
 def _check_line(

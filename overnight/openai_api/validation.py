@@ -1,18 +1,16 @@
 """Validating OpenAI batches in the background, on every node that runs the engine.
 
 `POST /v1/batches` only stores a `validating` row. A validator claims it (a lease on the row, renewed
-while it works; a claim whose holder died lapses and is anyone's) and reads the input file twice from
-its stored chunks, at the same time: pass one checks it line by line on a thread of its own, holding
-nothing but the custom_ids; pass two enqueues the requests as an engine batch, in one transaction that
-first compare-and-sets the claim and commits only once pass one has passed the file. So a batch is
-enqueued exactly once whatever crashes, cancels and other validators do, and a file of any size is
-checked and enqueued in the memory of a few chunks.
+while it works; a claim whose holder died lapses and is anyone's) and reads the input file once from
+its stored chunks, in one transaction that first compare-and-sets the claim, then checks each chunk's
+lines and enqueues them as the engine batch's requests, and commits only if every line passed. So a
+batch is enqueued exactly once whatever crashes, cancels and other validators do, and a file of any
+size is checked and enqueued in the memory of a few chunks, holding nothing else but the custom_ids.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -20,14 +18,13 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgspec
 
 from overnight.config import Settings
-from overnight.openai_api.input_file import InputChecker, batch_error, checked_items, split_lines
+from overnight.openai_api.input_file import InputChecker, batch_error, checked_requests
 from overnight.store import QueueFullError, StoreUnavailableError
 from overnight.store.openai import InputFileGoneError, OpenAIBatchRecord, OpenAIStore
 from overnight.store.records import BatchRecord
@@ -37,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 _CONCURRENT_VALIDATIONS = 2
 _POLL_SECONDS = 0.25  # how soon a batch created on another node is picked up (no wake-up reaches us)
-_GROUP_ITEMS = 1000
-_GROUP_BYTES = 4 * 1024 * 1024
 _STOP_SECONDS = 5.0
 
 
@@ -76,7 +71,6 @@ class Validator:
         self.on_started = on_started
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}:validate"
         self.lease_seconds = settings.lease_seconds
-        self._pool = ThreadPoolExecutor(_CONCURRENT_VALIDATIONS, thread_name_prefix="openai-validate")
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._running: dict[int, tuple[asyncio.Task[None], threading.Event]] = {}
@@ -106,7 +100,6 @@ class Validator:
                 await self.store.release_validations(list(running), owner=self.owner)
             except Exception as exc:  # the claims lapse by themselves
                 logger.warning("could not hand back validation claims (%s)", exc)
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def wake(self) -> None:
         """A batch was created here: claim it now rather than at the next poll."""
@@ -167,15 +160,9 @@ class Validator:
         if await self.store.get_file(record.workspace, record.input_file_id) is None:
             await self._fail(record, [file_not_found(record.input_file_id)])
             return
-        # Pass one (the check) on a validation thread, while pass two (the enqueue) reads the file again
-        # on a store thread and inserts its requests; the enqueue commits only once the check has passed.
-        checking = self._pool.submit(self._check, record, abort)
+        checker = self._checker(record)
 
         def verdict() -> tuple[int, str | None]:
-            try:
-                checker = checking.result()
-            except concurrent.futures.CancelledError:  # the node is stopping
-                raise _Aborted() from None
             if abort.is_set():
                 raise _Aborted()
             if checker.errors:
@@ -187,7 +174,7 @@ class Validator:
                 record,
                 owner=self.owner,
                 verdict=verdict,
-                item_groups=lambda chunks: self._groups(record, chunks),
+                item_groups=lambda chunks: checked_requests(checker, _until(abort, chunks)),
                 now=now_micros(),
                 max_queued_requests=self.settings.max_queued_requests,
             )
@@ -204,8 +191,6 @@ class Validator:
             )
             await self._fail(record, [batch_error("request_limit_exceeded", message)])
             return
-        finally:
-            checking.cancel()  # if it has not started (the enqueue gave up first): it never will
         if batch is None:
             raise _Aborted()
         logger.info("batch %s validated: %d requests in progress", record.id, batch.total)
@@ -217,30 +202,6 @@ class Validator:
             max_lines=self.settings.openai_max_file_lines,
             model_is_served=self.model_is_served,
         )
-
-    def _check(self, record: OpenAIBatchRecord, abort: threading.Event) -> InputChecker:
-        """Pass one (on a validation thread): every line checked, nothing kept but what the checker needs."""
-        checker = self._checker(record)
-        chunks = _until(abort, self.store.input_chunks(record.workspace, record.input_file_id))
-        for _ in checker.items(split_lines(chunks)):
-            pass
-        return checker
-
-    def _groups(self, record: OpenAIBatchRecord, chunks: Iterator[bytes]) -> Iterator[Sequence[tuple[str, Any]]]:
-        """Pass two (in the enqueueing transaction): the requests, a bounded group at a time. The file
-        cannot change (deleting it waits for this transaction) and pass one checks it meanwhile, so its
-        lines are only decoded; a line that does not decode stops this pass, and the check's verdict
-        says why. `start_validated` checks their number against it."""
-        group: list[tuple[str, Any]] = []
-        size = 0
-        for item in checked_items(split_lines(chunks)):
-            group.append(item)
-            size += len(item[1])
-            if len(group) >= _GROUP_ITEMS or size >= _GROUP_BYTES:
-                yield group
-                group, size = [], 0
-        if group:
-            yield group
 
     async def _renew(self, seq: int, abort: threading.Event) -> None:
         while True:

@@ -188,22 +188,6 @@ class OpenAIStore:
         with self.engine.connect() as conn:
             return _batch_lines(conn, seq, kind, low, high)
 
-    def input_chunks(self, workspace: str, file_id: str) -> Iterator[bytes]:
-        """An uploaded file's bytes, chunk by chunk, each read on a connection of its own (blocking: for a
-        thread that reads a whole file, not the store's pools). Nothing, if there is no such file."""
-        with self.engine.connect() as conn:
-            seq = _file_seq(conn, workspace, file_id)
-        if seq is not None:
-            idx = 0
-            while True:
-                with self.engine.connect() as conn, _small_cache(conn):
-                    rows = _chunks_from(conn, seq, idx)
-                if not rows:
-                    return
-                for _, data in rows:
-                    yield bytes(data)
-                idx = rows[-1][0] + 1
-
     async def list_files(
         self, workspace: str, *, purpose: str | None, limit: int, after_id: str | None, ascending: bool
     ) -> tuple[list[FileRecord], bool]:
@@ -392,10 +376,10 @@ class OpenAIStore:
         transaction, if this owner still holds its claim: exactly once, whatever other validators, cancels
         and crashes do. None: the claim was lost (cancelled, or lapsed and taken), nothing changed.
 
-        The requests are read from the file's chunks in this transaction (`item_groups`), a group at a
-        time, never all at once, while the file may still be under check elsewhere: `verdict()` is asked
-        before anything commits and gives (requests, model) of a valid file, waiting for the check if
-        need be; whatever it raises (the file is invalid) rolls everything back and reaches the caller.
+        The requests are read from the file's chunks in this transaction (`item_groups`, which checks
+        them as it goes), a group at a time, never all at once: `verdict()` is asked before anything
+        commits and gives (requests, model) of a valid file; whatever it raises (the file is invalid)
+        rolls everything back and reaches the caller.
         Raises `InputFileGoneError` (the file was deleted since), or `QueueFullError` (the workspace's
         queue is full); nothing is stored then either.
         """
@@ -443,8 +427,8 @@ class OpenAIStore:
                         first_id = low if first_id is None else first_id
                         inserted += len(group)
                 except Exception:
-                    verdict()  # a line the check has refused (or will): its errors are what the caller wants
-                    raise  # the file passed its check, yet could not be read again: a bug
+                    verdict()  # a lost claim or a refused file is what the caller wants to hear of
+                    raise
                 total, model = verdict()
                 if inserted != total:  # the file cannot change; this would be a bug, so store nothing
                     raise RuntimeError(f"batch {record.id}: {inserted} requests enqueued, {total} validated")

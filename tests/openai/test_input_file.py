@@ -4,13 +4,14 @@ and the whole-file errors, without a server."""
 from __future__ import annotations
 
 import json
+from itertools import chain
 from typing import Any
 
 import msgspec
 import pytest
 
 from overnight.openai_api import input_file
-from overnight.openai_api.input_file import MAX_LINE_BYTES, InputChecker, split_lines
+from overnight.openai_api.input_file import MAX_LINE_BYTES, InputChecker, checked_requests, line_groups
 from tests.openai.helpers import MODEL, jsonl, line
 
 
@@ -21,28 +22,44 @@ def chunked(content: bytes, size: int) -> list[bytes]:
 @pytest.mark.parametrize("size", [1, 2, 7, 64, 10_000])
 def test_lines_are_the_same_whatever_the_chunks(size: int) -> None:
     content = b'{"a": 1}\n\n{"b": "x\\ny"}\r\nlast without newline'
-    assert list(split_lines(chunked(content, size))) == content.split(b"\n")
+    assert list(chain.from_iterable(line_groups(chunked(content, size)))) == content.split(b"\n")
 
 
 def test_an_overlong_line_is_one_none_and_is_not_held() -> None:
     long = b"x" * (MAX_LINE_BYTES + 10)
     pieces = [b"first\n", *chunked(long, 1 << 20), b"\nafter\n"]
-    assert list(split_lines(pieces)) == [b"first", None, b"after"]
+    assert list(chain.from_iterable(line_groups(pieces))) == [b"first", None, b"after"]
+
+
+def checked(content: bytes, *, size: int = 5, max_lines: int = 10) -> tuple[InputChecker, list[tuple[str, bytes]]]:
+    """The checker after a pass over `content` in chunks of `size`, and the requests the pass gave."""
+    checker = InputChecker(endpoint="/v1/chat/completions", max_lines=max_lines, model_is_served=lambda m: m != "nope")
+    given = chain.from_iterable(checked_requests(checker, chunked(content, size)))
+    return checker, [(custom_id, bytes(body)) for custom_id, body in given]
 
 
 def check(content: bytes, max_lines: int = 10) -> InputChecker:
-    checker = InputChecker(endpoint="/v1/chat/completions", max_lines=max_lines, model_is_served=lambda m: m != "nope")
-    for _ in checker.items(split_lines(chunked(content, 5))):
-        pass
-    return checker
+    return checked(content, max_lines=max_lines)[0]
 
 
-def test_a_valid_file_gives_its_requests_and_model() -> None:
-    checker = InputChecker(endpoint="/v1/chat/completions", max_lines=10, model_is_served=lambda m: True)
-    items = list(checker.items(split_lines(chunked(jsonl([line("a", "1"), line("b", "2")]) + b"\n\n", 3))))
-    assert [custom_id for custom_id, _ in items] == ["a", "b"] and checker.errors == []
-    assert json.loads(bytes(items[1][1]))["messages"][0]["content"] == "2"
-    assert checker.total == 2 and checker.model is not None
+@pytest.mark.parametrize("size", [3, 100, 1 << 20])
+def test_a_valid_file_gives_its_requests_and_model(size: int) -> None:
+    content = jsonl([line("a", "1"), line("b", "2")]).replace(b"\n", b"\r\n", 1) + b"\n\n"
+    checker, requests = checked(content, size=size)
+    assert checker.errors == [] and checker.total == 2 and checker.custom_ids == {"a", "b"}
+    assert checker.model == MODEL
+    assert [custom_id for custom_id, _ in requests] == ["a", "b"]
+    assert json.loads(requests[1][1])["messages"][0]["content"] == "2"
+
+
+def test_an_invalid_file_gives_no_requests_after_its_first_error_and_every_error_is_reported() -> None:
+    good = [line(f"r{i}", "x") for i in range(3)]
+    content = jsonl([*good, {**line("bad", "x"), "method": "GET"}, *good[:1], line("r9", "x")])
+    checker, requests = checked(content, size=1 << 20)
+    assert [(e["code"], e["line"]) for e in checker.errors] == [("invalid_request", 4), ("duplicate_custom_id", 5)]
+    assert requests == []  # the whole chunk: its first bad line comes before anything of it is given
+    checker, requests = checked(content, size=len(jsonl(good)))  # the good lines make a chunk of their own
+    assert [custom_id for custom_id, _ in requests] == ["r0", "r1", "r2"] and len(checker.errors) == 2
 
 
 def test_interior_blank_lines_are_errors_and_trailing_ones_are_not() -> None:
@@ -103,16 +120,18 @@ _TRICKY_LINES: list[dict[str, Any] | str] = [
 ]
 
 
+# Chunks of 7 bytes give the checker one line at a time; one chunk gives it all four lines at once, which
+# it first tries to pass together.
+@pytest.mark.parametrize("size", [7, 1 << 20])
 @pytest.mark.parametrize("tricky", _TRICKY_LINES)
 def test_the_fast_path_judges_every_line_as_the_general_checks_do(
-    tricky: dict[str, Any] | str, monkeypatch: pytest.MonkeyPatch
+    tricky: dict[str, Any] | str, size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     content = jsonl([line("first", "x"), line("dup", "x"), tricky, line("after", "x")])
 
-    def outcome() -> tuple[list[tuple[str, bytes]], list[dict[str, Any]], str | None, int]:
-        checker = InputChecker(endpoint="/v1/chat/completions", max_lines=10, model_is_served=lambda m: m != "nope")
-        items = [(custom_id, bytes(body)) for custom_id, body in checker.items(split_lines(chunked(content, 7)))]
-        return items, checker.errors, checker.model, checker.total
+    def outcome() -> tuple[set[str], list[dict[str, Any]], str | None, int, list[tuple[str, bytes]]]:
+        checker, requests = checked(content, size=size)
+        return checker.custom_ids, checker.errors, checker.model, checker.total, requests
 
     fast = outcome()
 
@@ -134,3 +153,31 @@ def test_the_fast_path_takes_the_typical_line(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(InputChecker, "_check_generally", counted)
     checker = check(jsonl([line("a", "1"), line("b", "2"), {**line("c", "3"), "method": "GET"}]))
     assert general == [3] and checker.errors[0]["line"] == 3
+
+
+def test_a_chunk_of_typical_lines_is_checked_together_and_a_bad_one_line_by_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one_by_one: list[bytes | None] = []
+    line_check = InputChecker._line
+
+    def counted(self: InputChecker, raw: bytes | None) -> bool:
+        one_by_one.append(raw)
+        return line_check(self, raw)
+
+    monkeypatch.setattr(InputChecker, "_line", counted)
+    first = jsonl([line("a", "1"), line("b", "2")])
+    second = jsonl([line("c", "3"), line("a", "4")])  # "a" again: a duplicate of the first chunk's
+    checker = InputChecker(endpoint="/v1/chat/completions", max_lines=10, model_is_served=lambda m: True)
+    for lines in line_groups([first, second]):
+        checker.check(lines)
+    assert len(one_by_one) == 2  # the second chunk's lines only
+    assert [(e["code"], e["line"]) for e in checker.errors] == [("duplicate_custom_id", 4)]
+    assert checker.custom_ids == {"a", "b", "c"}
+
+
+def test_the_line_limit_holds_for_lines_checked_together() -> None:
+    content = jsonl([line(f"r{i}", "x") for i in range(4)])
+    for limit, codes in ((4, []), (3, [("too_many_tasks", None)])):
+        checker, _ = checked(content, size=1 << 20, max_lines=limit)
+        assert [(e["code"], e["line"]) for e in checker.errors] == codes
