@@ -72,9 +72,9 @@ def batch_error(code: str, message: str, *, line: int | None = None, param: str 
 
 class InputChecker:
     """Checks a file's lines as they come (`check`, then `finish`), keeping only the custom_ids seen, so
-    that a file of any size is checked in the memory of one chunk. Afterwards, `errors` says why the file is invalid
-    (empty: it is valid), `total` how many requests it holds, `model` which model they all use and
-    `custom_ids` theirs."""
+    that a file of any size is checked in the memory of one chunk. Afterwards, `errors` says why the
+    file is invalid (empty: it is valid), `total` how many requests it holds, `model` which model they
+    all use and `custom_ids` theirs."""
 
     def __init__(self, *, endpoint: str, max_lines: int, model_is_served: Callable[[str], bool]) -> None:
         self.endpoint = endpoint
