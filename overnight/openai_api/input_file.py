@@ -103,7 +103,7 @@ class InputChecker:
         """Count the lines in if every one is a valid request of the typical shape, checked together in
         C loops (one decode a line, then a set or a min/max over each field); otherwise change nothing:
         each line is then checked by itself, which names the errors."""
-        if self._blank or self.errors or self._number + len(lines) > self.max_lines or None in lines:
+        if self._blank or self._number + len(lines) > self.max_lines or None in lines:
             return False
         try:
             typical = list(map(_decode_typical_line, cast("list[bytes]", lines)))
@@ -128,7 +128,8 @@ class InputChecker:
             return False
         self.model = model
         self.custom_ids |= fresh
-        self.total += len(lines)
+        if not self.errors:  # as a line at a time counts: an invalid file's total means nothing
+            self.total += len(lines)
         self._number += len(lines)
         return True
 

@@ -168,12 +168,14 @@ def test_a_chunk_of_typical_lines_is_checked_together_and_a_bad_one_line_by_line
     monkeypatch.setattr(InputChecker, "_line", counted)
     first = jsonl([line("a", "1"), line("b", "2")])
     second = jsonl([line("c", "3"), line("a", "4")])  # "a" again: a duplicate of the first chunk's
+    third = jsonl([line("d", "5"), line("e", "6")])  # fine: checked together even in an invalid file
+    fourth = jsonl([line("f", "7"), line("d", "8")])  # a duplicate of the third chunk's
     checker = InputChecker(endpoint="/v1/chat/completions", max_lines=10, model_is_served=lambda m: True)
-    for lines in line_groups([first, second]):
+    for lines in line_groups([first, second, third, fourth]):
         checker.check(lines)
-    assert len(one_by_one) == 2  # the second chunk's lines only
-    assert [(e["code"], e["line"]) for e in checker.errors] == [("duplicate_custom_id", 4)]
-    assert checker.custom_ids == {"a", "b", "c"}
+    assert len(one_by_one) == 4  # the second and the fourth chunks' lines only
+    assert [(e["code"], e["line"]) for e in checker.errors] == [("duplicate_custom_id", 4), ("duplicate_custom_id", 8)]
+    assert checker.custom_ids == {"a", "b", "c", "d", "e", "f"}
 
 
 def test_the_line_limit_holds_for_lines_checked_together() -> None:
