@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable, Sequence
+from itertools import groupby
+from operator import attrgetter
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -57,14 +59,15 @@ def prefix_key(params: bytes) -> Hashable:
     return hash((view.model, bytes(system), bytes(tools), *map(bytes, turns[:-1])))
 
 
-class _Entry(Generic[T]):
-    __slots__ = ("item", "key", "owner", "taken")
+class _Entry(msgspec.Struct, gc=False):
+    # Built in C (`map(_Entry, ...)`); never in a reference cycle (nothing refers back to an entry).
+    item: Any
+    key: Hashable
+    owner: Hashable
+    taken: bool = False
 
-    def __init__(self, item: T, key: Hashable, owner: Hashable) -> None:
-        self.item = item
-        self.key = key
-        self.owner = owner
-        self.taken = False
+
+_ENTRY_KEY = attrgetter("key")
 
 
 class PrefixQueue(Generic[T]):
@@ -86,8 +89,8 @@ class PrefixQueue(Generic[T]):
         self._key_of = key_of
         self._owner_of = owner_of
         self.max_overtakes = max_overtakes
-        self._fifo: deque[_Entry[T]] = deque()  # every entry in arrival order; taken ones are skipped lazily
-        self._groups: dict[Hashable, deque[_Entry[T]]] = {}
+        self._fifo: deque[_Entry] = deque()  # every entry in arrival order; taken ones are skipped lazily
+        self._groups: dict[Hashable, deque[_Entry]] = {}
         self._size = 0
         self._run_key: Hashable = None
         self._head_overtaken = 0  # items of other owners handed out since the current head became head
@@ -100,14 +103,21 @@ class PrefixQueue(Generic[T]):
         return self._size == 0
 
     def put_nowait(self, item: T) -> None:
-        entry = _Entry(item, self._key_of(item), self._owner_of(item))
-        self._fifo.append(entry)
-        group = self._groups.get(entry.key)
-        if group is None:
-            self._groups[entry.key] = group = deque()
-        group.append(entry)
-        self._size += 1
-        self._wake_one()
+        self.put_many((item,))
+
+    def put_many(self, items: Sequence[T]) -> None:
+        """Put `items` in, in order: as many `put_nowait`s, with the per-item work in C loops."""
+        entries = list(map(_Entry, items, map(self._key_of, items), map(self._owner_of, items)))
+        self._fifo.extend(entries)
+        groups = self._groups
+        for key, run in groupby(entries, _ENTRY_KEY):  # runs of one key: a batch of like requests is one
+            group = groups.get(key)
+            if group is None:
+                groups[key] = group = deque()
+            group.extend(run)
+        self._size += len(entries)
+        for _ in range(min(len(entries), len(self._getters))):
+            self._wake_one()
 
     def get_nowait(self) -> T:
         if self._size == 0:

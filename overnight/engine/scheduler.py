@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from itertools import chain, zip_longest
+from operator import attrgetter
 from typing import Any
 
 from overnight.backends.base import Backend
@@ -264,16 +265,17 @@ class Scheduler:
             owner=self.owner,
             lease_until=now_micros() + int(self.lease_seconds * MICROS),
         )
-        if leased:
-            self._params_bytes_each = sum(len(item.params) for item in leased) // len(leased)
-        by_batch: dict[int, list[LeasedRequest]] = defaultdict(list)
-        for item in leased:
-            self._held[item.id] = item
-            by_batch[item.batch_seq].append(item)
-        # Interleave batches so workers alternate between them instead of draining one first.
-        for item in chain.from_iterable(zip_longest(*by_batch.values())):
-            if item is not None:
-                self._buffer.put_nowait(item)
+        if not leased:
+            return 0
+        self._params_bytes_each = sum(map(len, map(_PARAMS, leased))) // len(leased)
+        self._held.update(zip(map(_ID, leased), leased, strict=True))
+        if len(chosen) > 1:
+            # Interleave batches so workers alternate between them instead of draining one first.
+            by_batch: dict[int, list[LeasedRequest]] = defaultdict(list)
+            for item in leased:
+                by_batch[item.batch_seq].append(item)
+            leased = [item for item in chain.from_iterable(zip_longest(*by_batch.values())) if item is not None]
+        self._buffer.put_many(leased)
         return len(leased)
 
     # --- working ------------------------------------------------------------------------------
@@ -429,6 +431,10 @@ class Scheduler:
         now = now_micros()
         share = await self.store.heartbeat(self.owner, now, live_after=now - int(self.lease_seconds * MICROS))
         self.caller.apply_node_share(share)
+
+
+_ID = attrgetter("id")
+_PARAMS = attrgetter("params")
 
 
 def _buffer_key(item: LeasedRequest | None) -> object:

@@ -189,3 +189,33 @@ def test_a_batch_own_requests_are_grouped_without_limit() -> None:
             queue.put_nowait((1, key, n))
     taken = [queue.get_nowait()[1] for _ in range(queue.qsize())]
     assert taken == ["a"] * 5 + ["b"] * 5 + ["c"] * 5
+
+
+def test_putting_many_at_once_is_putting_them_one_by_one() -> None:
+    items = [(batch, key, n) for n in range(4) for batch, key in ((1, "a"), (2, "b"), (1, "c"), (2, "a"))]
+    one_by_one: PrefixQueue[tuple[int, str, int]] = PrefixQueue(lambda i: i[1], lambda i: i[0], max_overtakes=3)
+    at_once: PrefixQueue[tuple[int, str, int]] = PrefixQueue(lambda i: i[1], lambda i: i[0], max_overtakes=3)
+    for item in items[:5]:
+        one_by_one.put_nowait(item)
+    at_once.put_many(items[:5])
+    for queue in (one_by_one, at_once):  # take some, then put the rest while some are still queued
+        queue.get_nowait()
+        queue.get_nowait()
+    for item in items[5:]:
+        one_by_one.put_nowait(item)
+    at_once.put_many(items[5:])
+    assert one_by_one.qsize() == at_once.qsize() == len(items) - 2
+    assert [one_by_one.get_nowait() for _ in range(len(items) - 2)] == [
+        at_once.get_nowait() for _ in range(len(items) - 2)
+    ]
+
+
+async def test_putting_many_wakes_as_many_waiting_takers_as_there_are_items() -> None:
+    queue: PrefixQueue[int] = PrefixQueue(lambda i: i % 2, lambda i: 0)
+    takers = [asyncio.create_task(queue.get()) for _ in range(3)]
+    await asyncio.sleep(0)  # all three wait
+    queue.put_many([10, 11])
+    done, pending = await asyncio.wait(takers, timeout=1)
+    assert sorted(task.result() for task in done) == [10, 11] and len(pending) == 1
+    queue.put_many([12])
+    assert await asyncio.wait_for(pending.pop(), 1) == 12
