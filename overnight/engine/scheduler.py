@@ -308,9 +308,11 @@ class Scheduler:
             if completion is None:
                 self._held.pop(item.id, None)
             else:
+                # Each event is set once as the count crosses its mark, not on every request after it.
+                if not self._unwritten:
+                    self._has_unwritten.set()
                 self._unwritten.append(completion)
-                self._has_unwritten.set()
-                if len(self._unwritten) >= _FLUSH_SIZE:
+                if len(self._unwritten) == _FLUSH_SIZE:
                     self._flush_now.set()
 
     def _wanted(self, item: LeasedRequest) -> bool:
