@@ -14,7 +14,7 @@ import openai
 import psycopg
 import pytest
 
-from tests.openai.helpers import create, line, make_client, read_lines, upload, wait_until
+from tests.openai.helpers import create, jsonl, line, make_client, read_lines, upload, wait_until
 from tests.server import ServerProcess
 
 HOLD_SECONDS = 1.5
@@ -131,3 +131,24 @@ def test_a_full_workspace_queue_fails_the_batch_when_it_would_be_enqueued(tmp_pa
         assert failed.status == "failed" and failed.errors is not None and failed.errors.data
         assert (failed.errors.data[0].code, failed.errors.data[0].line) == ("request_limit_exceeded", None)
         assert wait_until(client, create(client, [line(f"r{i}", "x") for i in range(5)]).id).status == "completed"
+
+
+def test_a_file_of_several_chunks_is_checked_and_enqueued_whole_or_not_at_all(
+    held: ServerProcess, client: openai.OpenAI
+) -> None:
+    # ~700 KB: the file is stored and read back in 256 KiB chunks, so its lines are checked and enqueued
+    # a chunk at a time, with lines cut across chunk boundaries.
+    lines = [line(f"r{i}", "padding " * 20 + str(i)) for i in range(3000)]
+    valid = jsonl(lines).replace(b"\n", b"\r\n") + b"\n\n"  # CRLF line ends and trailing blank lines
+    file_id = client.files.create(file=("crlf.jsonl", valid), purpose="batch").id
+    ok = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert wait_until(client, ok.id, ("in_progress", "finalizing", "completed", "failed")).status != "failed"
+    assert requests_stored(held, ok.id) == 3000
+
+    # The same requests with the first custom_id again near the end: the chunks before it were already
+    # inserted when it is found, and all of them are rolled back.
+    broken = create(client, [*lines[:2900], line("r0", "again"), *lines[2900:]])
+    failed = wait_until(client, broken.id)
+    assert failed.status == "failed" and failed.errors is not None and failed.errors.data is not None
+    assert [(e.code, e.line) for e in failed.errors.data] == [("duplicate_custom_id", 2901)]
+    assert requests_stored(held, broken.id) == 0
