@@ -12,15 +12,14 @@ from typing import Any, Protocol
 
 import msgspec
 
-from overnight import ids
 from overnight.config import Settings
 from overnight.exceptions import InvalidRequestError, NotFoundError, RateLimitError
 from overnight.metrics import NO_BACKEND, Metrics
-from overnight.protocol.batches import batch_object, batch_page, decode_create_body, deleted_object
+from overnight.protocol.batches import batch_object, batch_page, deleted_object
 from overnight.store import BatchRecord, QueueFullError, Store, UnknownCursorError
 from overnight.store.records import CANCELED, CANCELING, ENDED
 from overnight.streamed_create import StreamedCreate
-from overnight.timestamps import MICROS, now_micros
+from overnight.timestamps import now_micros
 
 logger = logging.getLogger(__name__)
 
@@ -42,25 +41,6 @@ class BatchService:
         self.listener = listener
         self.metrics = metrics or Metrics()
 
-    async def create(
-        self, workspace: str, body: bytes | bytearray, public_base_url: str, *, betas: Sequence[str] = ()
-    ) -> dict[str, Any]:
-        """Store a new batch; `betas` are the `anthropic-beta` features its requests are sent with."""
-        items = decode_create_body(body, max_requests=self.settings.max_requests)
-        created_at = now_micros()
-        record = await _queued(
-            self.store.insert_batch(
-                batch_id=ids.batch_id(),
-                workspace=workspace,
-                created_at=created_at,
-                expires_at=created_at + int(self.settings.batch_ttl_seconds * MICROS),
-                items=items,
-                betas=betas,
-                max_queued_requests=self.settings.max_queued_requests,
-            )
-        )
-        return self._created(record, betas, public_base_url)
-
     async def create_streamed(
         self,
         workspace: str,
@@ -70,14 +50,10 @@ class BatchService:
         declared_length: int | None,
         betas: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """`create`, from the body's chunks as they arrive: where the store has a streamed insert, a big
-        body's requests are decoded and stored meanwhile (see `StreamedCreate`); elsewhere the body is
-        read whole first."""
-        if not self.store.streamed_inserts:
-            body = bytearray()
-            async for chunk in chunks:
-                body += chunk
-            return await self.create(workspace, body, public_base_url, betas=betas)
+        """Store a new batch from its create body's chunks as they arrive (`betas`: the `anthropic-beta`
+        features its requests are sent with). The requests are decoded while the body arrives, and where
+        the store has a streamed insert a big body's are stored meanwhile too (see `StreamedCreate`);
+        elsewhere they are inserted once the body is complete."""
         streamed = StreamedCreate(self.store, self.settings, workspace, betas, declared_length)
         record = await _queued(streamed.run(chunks))
         return self._created(record, betas, public_base_url)

@@ -1,5 +1,5 @@
-"""A create whose requests are decoded, and stored, while its body still arrives (on a store with a
-streamed insert: PostgreSQL).
+"""A create whose requests are decoded while its body still arrives, and stored meanwhile too on a store
+with a streamed insert (PostgreSQL; SQLite inserts them once the body is complete).
 
 Receiving a big body and then copying its rows one after the other costs the upload's time on top of
 the copy. Here the body is decoded piece by piece as it arrives (`CreateBodyStream`), and once the rest
