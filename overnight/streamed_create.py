@@ -81,7 +81,7 @@ class StreamedCreate:
         if self.declared_length is None:
             return False  # a chunked upload: no telling when it ends
         if not self.store.can_stream_insert():
-            return False  # as many as may run are running: this one is inserted once it has arrived
+            return False  # none may start now (all under way, or the store has none): inserted once arrived
         remaining = self.declared_length - received
         return remaining <= 0 or remaining * elapsed <= _START_WITHIN_SECONDS * received
 

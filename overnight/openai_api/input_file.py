@@ -36,8 +36,8 @@ _decode_body = msgspec.json.Decoder(_Body).decode
 
 
 # The shape nearly every line has, checked in C in one decode: what these accept, `_check_line` accepts
-# too, so a line they take needs only the checks that compare it with the file's other lines (see
-# `InputChecker._check`). Anything else goes the general way, which names the error.
+# too, so lines they take need only the checks that compare them with the file's other lines (see
+# `InputChecker._all_typical`). Anything else is checked a line at a time, which names the error.
 class _TypicalBody(msgspec.Struct, gc=False):
     model: Annotated[str, msgspec.Meta(min_length=1)]
     messages: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1)]
@@ -163,30 +163,6 @@ class InputChecker:
 
     def _check(self, raw: bytes | None, number: int) -> bool:
         """Whether the line is a valid request (if not, its error is added)."""
-        if raw is not None:
-            try:
-                typical = _decode_typical_line(raw)
-            except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # ValidationError too
-                pass
-            else:
-                body = typical.body
-                custom_id, model = typical.custom_id, body.model
-                if (
-                    typical.method == "POST"
-                    and typical.url == self.endpoint
-                    and len(custom_id) <= _MAX_CUSTOM_ID_CHARS
-                    and custom_id  # after the length: the commonest check to pass last
-                    and custom_id.isprintable()
-                    and custom_id not in self.custom_ids
-                    and body.stream is not True
-                    and (model == self.model if self.model is not None else self.model_is_served(model))
-                ):
-                    self.model = model
-                    self.custom_ids.add(custom_id)
-                    return True
-        return self._check_generally(raw, number)
-
-    def _check_generally(self, raw: bytes | None, number: int) -> bool:
         if raw is None:
             self._add(
                 batch_error(

@@ -144,13 +144,13 @@ def test_the_fast_path_judges_every_line_as_the_general_checks_do(
 
 def test_the_fast_path_takes_the_typical_line(monkeypatch: pytest.MonkeyPatch) -> None:
     general: list[int] = []
-    check_generally = InputChecker._check_generally
+    check_generally = InputChecker._check
 
     def counted(self: InputChecker, raw: bytes | None, number: int) -> Any:
         general.append(number)
         return check_generally(self, raw, number)
 
-    monkeypatch.setattr(InputChecker, "_check_generally", counted)
+    monkeypatch.setattr(InputChecker, "_check", counted)
     checker = check(jsonl([line("a", "1"), line("b", "2"), {**line("c", "3"), "method": "GET"}]))
     assert general == [3] and checker.errors[0]["line"] == 3
 
