@@ -1,14 +1,15 @@
-"""A create whose requests are decoded while its body still arrives, and stored meanwhile too on a store
-with a streamed insert (PostgreSQL; SQLite inserts them once the body is complete).
+"""A create whose requests are decoded while its body still arrives, and stored meanwhile too.
 
-Receiving a big body and then copying its rows one after the other costs the upload's time on top of
-the copy. Here the body is decoded piece by piece as it arrives (`CreateBodyStream`), and once the rest
-of it should arrive within `_START_WITHIN_SECONDS` at the rate seen so far, the store's streamed insert
-copies the decoded requests in the batch's one transaction while later ones arrive; the database server
-stores them in a process of its own. A transaction must not wait on a slow client: it waits for the body
-at most `_HOLD_SECONDS`, then rolls back, and the batch is inserted whole once its body is complete — as
-a slow client's always is. All or nothing, and every error (bad body, duplicate custom_id, too many
-requests, too large, too slow, gone) reads as it does for a body read whole.
+Receiving a big body and then inserting its rows one after the other costs the upload's time on top of
+the insert. Here the body is decoded piece by piece as it arrives (`CreateBodyStream`), and once the
+rest of it should arrive within `_START_WITHIN_SECONDS` at the rate seen so far, the store's streamed
+insert stores the decoded requests in the batch's one transaction, on a thread of its own, while later
+ones arrive (PostgreSQL copies them into a process of its own; SQLite's work releases the GIL). A
+transaction must not wait on a slow client: it waits for the body at most the store's
+`streamed_insert_hold_seconds` (short on SQLite, where it holds the one write lock), then rolls back,
+and the batch is inserted whole once its body is complete — as a slow client's always is. All or
+nothing, and every error (bad body, duplicate custom_id, too many requests, too large, too slow, gone)
+reads as it does for a body read whole.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from overnight import ids
 from overnight.config import Settings
-from overnight.protocol.create_stream import CreateBodyStream, Item, most_requests
+from overnight.protocol.create_stream import PIECE_BYTES, CreateBodyStream, Item, most_requests
 from overnight.store import BatchRecord, Store
 from overnight.store.feed import ItemFeed, StreamedInsertUndoneError
 from overnight.timestamps import MICROS, now_micros
@@ -28,7 +29,9 @@ from overnight.timestamps import MICROS, now_micros
 logger = logging.getLogger(__name__)
 
 _START_WITHIN_SECONDS = 2.0
-_HOLD_SECONDS = 10.0
+# Where the store limits the pause between runs, stream only bodies that arrive at least this many
+# pieces per pause at the rate seen so far.
+_PIECES_PER_PAUSE = 2
 
 
 class StreamedCreate:
@@ -55,7 +58,7 @@ class StreamedCreate:
                 if not stream.feed(chunk) or not stream.streaming:
                     continue
                 if insert is None and self._rest_arrives_soon(received, time.monotonic() - began):
-                    feed = ItemFeed(_HOLD_SECONDS)
+                    feed = ItemFeed(self.store.streamed_insert_hold_seconds, self.store.streamed_insert_pause_seconds)
                     insert = self._insert_streamed(feed)
                 if feed is not None:
                     feed.put(stream.items[sent:])
@@ -82,6 +85,9 @@ class StreamedCreate:
             return False  # a chunked upload: no telling when it ends
         if not self.store.can_stream_insert():
             return False  # none may start now (all under way, or the store has none): inserted once arrived
+        pause = self.store.streamed_insert_pause_seconds
+        if pause is not None and received * pause < _PIECES_PER_PAUSE * PIECE_BYTES * elapsed:
+            return False  # its pieces would come further apart than the store lets its insert wait
         remaining = self.declared_length - received
         return remaining <= 0 or remaining * elapsed <= _START_WITHIN_SECONDS * received
 

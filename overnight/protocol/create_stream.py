@@ -25,7 +25,7 @@ _TAIL = re.compile(rb"\s*\]\s*\}\s*\Z")
 # An element's end and the next element's start, with the separator between them.
 _CUT = re.compile(rb'\}(\s*,\s*)\{\s*"(?:custom_id|params)"')
 _OPEN, _CLOSE = b'{"requests":[', b"]}"
-_PIECE_BYTES = 1 << 23  # decode once this much is pending: small enough to overlap, big enough to be cheap
+PIECE_BYTES = 1 << 23  # decode once this much is pending: small enough to overlap, big enough to be cheap
 _CUT_WINDOW_BYTES = 1 << 18
 _TAIL_WINDOW_BYTES = 256  # the body's end is looked for this close to its last byte (then: decoded whole)
 _HEAD_PROBE_BYTES = 64
@@ -74,7 +74,7 @@ class CreateBodyStream:
                 return []
             self._head = bytes(self._pending[: head.end()])
             self._pending[: head.end()] = _OPEN
-        if len(self._pending) < _PIECE_BYTES:
+        if len(self._pending) < PIECE_BYTES:
             return []
         return self._take_piece()
 

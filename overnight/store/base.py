@@ -156,6 +156,12 @@ class Store:
     """How many `insert_streamed_batch` calls may run at once; 0: this store has none (it inserts a
     batch once its body has arrived whole)."""
 
+    streamed_insert_hold_seconds: ClassVar[float] = 10.0
+    """How long a streamed insert's transaction may wait for its body before it rolls back."""
+
+    streamed_insert_pause_seconds: ClassVar[float | None] = None
+    """How long it may wait for each next run of requests (None: only the hold applies)."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = ThreadPoolExecutor(self._writer_threads, thread_name_prefix="store-write")

@@ -22,11 +22,17 @@ class StreamedInsertUndoneError(Exception):
 
 
 class ItemFeed:
-    """A one-way, thread-safe queue of (custom_id, params) runs, ended or aborted exactly once."""
+    """A one-way, thread-safe queue of (custom_id, params) runs, ended or aborted exactly once.
 
-    def __init__(self, hold_seconds: float) -> None:
+    The store thread taking the runs waits for all of them at most `hold_seconds` in total, and, with
+    `pause_seconds`, at most that long for each run after the first.
+    """
+
+    def __init__(self, hold_seconds: float, pause_seconds: float | None = None) -> None:
         self.hold_seconds = hold_seconds
+        self.pause_seconds = pause_seconds
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._taken = False
 
     def put(self, items: Sequence[tuple[str, Any]]) -> None:
         if items:
@@ -40,11 +46,19 @@ class ItemFeed:
 
     def take(self, deadline: float) -> Sequence[tuple[str, Any]] | None:
         """The next run, or None at the end; `FeedAbortedError` when aborted, `StreamedInsertUndoneError`
-        once `deadline` (monotonic) passes first."""
+        once `deadline` (monotonic) passes first, or the pause allowed between runs."""
+        now = time.monotonic()
+        paused = self._taken and self.pause_seconds is not None and now + self.pause_seconds < deadline
+        until = now + self.pause_seconds if paused and self.pause_seconds is not None else deadline
         try:
-            items = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            items = self._queue.get(timeout=max(0.0, until - now))
         except queue.Empty:
-            raise StreamedInsertUndoneError(f"the body did not complete within {self.hold_seconds:g} s") from None
+            if paused:
+                reason = f"the body paused for more than {self.pause_seconds:g} s"
+            else:
+                reason = f"the body did not complete within {self.hold_seconds:g} s"
+            raise StreamedInsertUndoneError(reason) from None
+        self._taken = True
         if items is _ABORT:
             raise FeedAbortedError
         return None if items is _END else items

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Connection, Engine, create_engine, event
 
 from overnight.store.base import Store, writes
+from overnight.store.feed import ItemFeed
 from overnight.store.records import Completion, LeasedRequest
 
 # Writes go as one statement per few hundred rows, never one per row: each statement releases the GIL
@@ -104,6 +105,13 @@ def _outcome_pieces(state: str, group: Sequence[Completion], owner: str) -> Iter
 class SQLiteStore(Store):
     # The data dir is locked to one server (see the CLI), so nothing else holds leases here.
     single_process: ClassVar[bool] = True
+    # A streamed insert runs on its own thread and connection, so SQLite stores rows (GIL released)
+    # while the event loop receives and decodes the rest of the body. Its transaction holds the one
+    # write lock meanwhile, and every other write waits for it: one at a time, and never for long (a
+    # body that pauses is inserted whole once it has arrived, as a slow one is).
+    streamed_inserts: ClassVar[int] = 1
+    streamed_insert_hold_seconds: ClassVar[float] = 3.0
+    streamed_insert_pause_seconds: ClassVar[float | None] = 0.5
 
     def __init__(self, url: str) -> None:
         # One writer thread: SQLite serialises writers anyway, and the engine's lease-then-complete
@@ -143,21 +151,35 @@ class SQLiteStore(Store):
 
     def _insert_requests(self, conn: Connection, seq: int, items: Sequence[tuple[str, Any]]) -> tuple[int, int]:
         cursor = self._driver_cursor(conn)
-        # Ids only grow and this is the one writer, so the batch's requests are exactly the ids after
-        # the largest before the insert, up to the largest after it.
-        cursor.execute("SELECT max(id) FROM requests")
-        first_id = (cursor.fetchone()[0] or 0) + 1
+        first_id = _next_request_id(cursor)
         # Appending touches each page once: a big insert gains nothing from the page cache but its memory.
         small_cache = len(items) >= _SMALL_CACHE_FROM_ROWS
         with page_cache(cursor, kib=_INSERT_CACHE_KIB) if small_cache else contextlib.nullcontext():
-            position = 0
-            for size in _INSERT_STATEMENT_ROWS:
-                while len(items) - position >= size:
-                    rows = items[position : position + size]
-                    cursor.execute(_insert_sql(size), [seq, *chain.from_iterable(rows)])
-                    position += size
-        cursor.execute("SELECT max(id) FROM requests")
-        return first_id, cursor.fetchone()[0]
+            _insert_rows(cursor, seq, items)
+        return first_id, _next_request_id(cursor) - 1
+
+    def _insert_streamed_requests(
+        self, conn: Connection, seq: int, feed: ItemFeed, deadline: float, max_requests: int
+    ) -> tuple[int, int]:
+        cursor = self._driver_cursor(conn)
+        first_id = _next_request_id(cursor)
+        taken = 0
+        # Rows short of a whole statement wait for the next run: one statement size while the body
+        # arrives, and the few smaller ones only for the last rows.
+        waiting: Sequence[tuple[str, Any]] = ()
+        with page_cache(cursor, kib=_INSERT_CACHE_KIB):
+            while (items := feed.take(deadline)) is not None:
+                taken += len(items)
+                if taken > max_requests:
+                    raise RuntimeError(f"more than the {max_requests} requests announced")
+                run = [*waiting, *items] if waiting else items
+                whole = len(run) - len(run) % _INSERT_STATEMENT_ROWS[0]
+                _insert_rows(cursor, seq, run[:whole])
+                waiting = run[whole:]
+            _insert_rows(cursor, seq, waiting)
+        if not taken:
+            raise RuntimeError("a streamed insert without requests")
+        return first_id, _next_request_id(cursor) - 1
 
     @writes
     def lease_requests(self, quotas: Sequence[tuple[int, int]], *, owner: str, lease_until: int) -> list[LeasedRequest]:
@@ -226,6 +248,23 @@ def page_cache(cursor: Any, *, kib: int) -> Iterator[None]:
         yield
     finally:
         cursor.execute(f"PRAGMA cache_size={int(size)}")
+
+
+def _next_request_id(cursor: Any) -> int:
+    # Ids only grow, and a write transaction holds SQLite's one write lock: a batch inserted in it has
+    # exactly the ids after the largest before the insert, up to the largest after it.
+    cursor.execute("SELECT max(id) FROM requests")
+    return int(cursor.fetchone()[0] or 0) + 1
+
+
+def _insert_rows(cursor: Any, seq: int, items: Sequence[tuple[str, Any]]) -> None:
+    """Insert `items` as pending requests of batch `seq`, in as few statements as the sizes allow."""
+    position = 0
+    for size in _INSERT_STATEMENT_ROWS:
+        while len(items) - position >= size:
+            rows = items[position : position + size]
+            cursor.execute(_insert_sql(size), [seq, *chain.from_iterable(rows)])
+            position += size
 
 
 def connect(url: str) -> Engine:

@@ -107,7 +107,7 @@ def _streamed(body: bytes, chunk_size: int) -> tuple[str, object]:
 
 @pytest.fixture(autouse=True)
 def tiny_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(create_stream, "_PIECE_BYTES", 300)
+    monkeypatch.setattr(create_stream, "PIECE_BYTES", 300)
     monkeypatch.setattr(create_stream, "_CUT_WINDOW_BYTES", 200)
 
 

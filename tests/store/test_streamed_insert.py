@@ -1,23 +1,19 @@
-"""The streamed insert (PostgreSQL): requests copied as they come, in one transaction that nobody sees
-before it commits, rolled back whole when the create fails, its body stalls, or the queue is full."""
+"""The streamed insert, on both stores: requests stored as they come, in one transaction that nobody sees
+before it commits, rolled back whole when the create fails, its body stalls, or the queue is full.
+On SQLite its transaction holds the one write lock: other writes wait for it, never longer than its
+pause between runs."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 
-from overnight.store import BatchRecord, QueueFullError, Store, open_store
+from overnight.store import BatchRecord, QueueFullError, Store
 from overnight.store.feed import FeedAbortedError, ItemFeed, StreamedInsertUndoneError
 
 FAR_FUTURE = 2**60
-
-
-@pytest.fixture
-def database_url(postgres_url: str) -> str:
-    return postgres_url  # PostgreSQL only: SQLite has no streamed insert (the conftest's `store` uses this)
 
 
 def _items(prefix: str, start: int, stop: int) -> list[tuple[str, bytes]]:
@@ -58,19 +54,21 @@ async def _nothing_stored(store: Store, batch_id: str = "msgbatch_s") -> None:
     assert (await store.active_batches()).statuses == []
 
 
-async def test_runs_are_stored_in_order_as_one_batch(store: Store) -> None:
+@pytest.mark.parametrize("run", [50, 700])  # runs shorter than SQLite's insert statement, and across them
+async def test_runs_are_stored_in_order_as_one_batch(store: Store, run: int) -> None:
     feed = ItemFeed(hold_seconds=30)
-    insert = _streamed(store, feed)
-    for start in range(0, 250, 50):
-        feed.put(_items("r", start, start + 50))
+    insert = _streamed(store, feed, max_requests=10_000)
+    total = 5 * run
+    for start in range(0, total, run):
+        feed.put(_items("r", start, start + run))
         await asyncio.sleep(0.01)
     feed.end()
     record = await insert
-    assert (record.total, record.processing, record.status) == (250, 250, "in_progress")
+    assert (record.total, record.processing, record.status) == (total, total, "in_progress")
     assert record.first_request_id is not None and record.last_request_id is not None
-    assert record.last_request_id - record.first_request_id + 1 == 250  # the unused reservation given back
-    leased = await store.lease_requests([(record.seq, 1000)], owner="me", lease_until=FAR_FUTURE)
-    assert [item.custom_id for item in leased] == [f"r{i}" for i in range(250)]
+    assert record.last_request_id - record.first_request_id + 1 == total  # the unused reservation given back
+    leased = await store.lease_requests([(record.seq, 10_000)], owner="me", lease_until=FAR_FUTURE)
+    assert [item.custom_id for item in leased] == [f"r{i}" for i in range(total)]
     assert [bytes(item.params) for item in leased[:2]] == [b'{"model":"m","n":0}', b'{"model":"m","n":1}']
     # Ids go on right after it: the next batch's range is contiguous with this one's.
     after = await store.insert_batch(
@@ -151,6 +149,8 @@ async def test_more_requests_than_announced_store_nothing(store: Store) -> None:
 
 
 async def test_creates_meanwhile_are_not_held_up_and_ids_never_overlap(store: Store) -> None:
+    if store.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one write lock: other writes wait for the streamed insert (the test below)")
     feed = ItemFeed(hold_seconds=30)
     insert = _streamed(store, feed, max_requests=500)
     feed.put(_items("r", 0, 100))
@@ -184,10 +184,56 @@ async def test_at_most_the_stores_own_number_run_at_once(store: Store) -> None:
     assert store.can_stream_insert()
 
 
-def test_sqlite_has_no_streamed_insert(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    try:
-        assert store.streamed_inserts == 0
-        assert not store.can_stream_insert()
-    finally:
-        store.close()
+async def test_a_pause_between_runs_longer_than_allowed_rolls_it_back(store: Store) -> None:
+    feed = ItemFeed(hold_seconds=30, pause_seconds=0.3)
+    insert = _streamed(store, feed)
+    feed.put(_items("r", 0, 10))
+    await asyncio.sleep(0.1)
+    feed.put(_items("r", 10, 20))  # within the pause: taken
+    started = time.monotonic()
+    with pytest.raises(StreamedInsertUndoneError, match=r"paused for more than 0\.3 s"):
+        await insert
+    assert time.monotonic() - started < 5
+    await _nothing_stored(store)
+
+
+async def test_on_sqlite_other_writes_wait_for_it_at_most_its_pause(store: Store) -> None:
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's streamed insert holds up no other write (the test above)")
+    assert store.streamed_inserts == 1 and store.streamed_insert_pause_seconds is not None
+    # Ended in time: the other create waits for the commit and gets the ids after it.
+    feed = ItemFeed(hold_seconds=30, pause_seconds=5)
+    insert = _streamed(store, feed)
+    feed.put(_items("r", 0, 100))
+    await asyncio.sleep(0.2)
+    other = asyncio.ensure_future(
+        store.insert_batch(
+            batch_id="msgbatch_o", workspace="w", created_at=1, expires_at=FAR_FUTURE, items=_items("o", 0, 5)
+        )
+    )
+    await asyncio.sleep(0.3)
+    assert not other.done()  # waiting for the write lock
+    feed.put(_items("r", 100, 200))
+    feed.end()
+    record, stored = await insert, await asyncio.wait_for(other, timeout=10)
+    assert record.total == 200 and stored.total == 5
+    assert record.last_request_id is not None and stored.first_request_id is not None
+    assert stored.first_request_id == record.last_request_id + 1
+    leased = await store.lease_requests([(record.seq, 1000)], owner="me", lease_until=FAR_FUTURE)
+    assert [item.custom_id for item in leased] == [f"r{i}" for i in range(200)]
+    # A body that pauses: the other write waits no longer than the pause, and the insert rolls back.
+    feed = ItemFeed(hold_seconds=30, pause_seconds=0.5)
+    insert = _streamed(store, feed, batch_id="msgbatch_p")
+    feed.put(_items("p", 0, 100))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await asyncio.wait_for(
+        store.insert_batch(
+            batch_id="msgbatch_q", workspace="w", created_at=1, expires_at=FAR_FUTURE, items=_items("q", 0, 5)
+        ),
+        timeout=10,
+    )
+    assert time.monotonic() - started < 2.5
+    with pytest.raises(StreamedInsertUndoneError):
+        await insert
+    assert await store.get_batch("w", "msgbatch_p") is None
