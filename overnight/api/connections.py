@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import msgspec
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from overnight import ids
@@ -93,6 +94,19 @@ class _GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        # uvicorn appends each piece to a bytearray and hands the app a bytes copy of it: two copies of
+        # every body byte, a create's largest cost after decoding. A piece that arrives while none is
+        # waiting is kept as it is instead (`bytes(piece)` is then the piece itself, not a copy).
+        cycle = self.cycle
+        if cycle.body or cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            super().on_body(body)
+            return
+        cycle.body = body  # type: ignore[assignment]  # read by `receive` as `bytes(cycle.body)`
+        if len(body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -133,6 +133,31 @@ def test_invalid_utf8_inside_params_errors_that_request_only(raw: httpx.Client, 
     assert (batch.request_counts.succeeded, batch.request_counts.errored) == (1, 1)
 
 
+def test_a_body_in_many_pieces_is_read_exactly_as_sent(server: ServerProcess, client: anthropic.Anthropic) -> None:
+    """Pieces that arrive alone are handed to the app as they are, pieces that arrive while the app is
+    busy are joined first (overnight/api/connections.py: `on_body`); either way every byte arrives once,
+    in order: each request's text comes back whole in its result."""
+    texts = [f"{i}-" + "".join(chr(0x41 + (i * 7 + j * 3) % 26) for j in range(3000)) for i in range(40)]
+    requests = [request(f"p-{i}", text, max_tokens=5) for i, text in enumerate(texts)]
+    body = json.dumps({"requests": requests}).encode()
+    with _connect(server) as sock:
+        sock.sendall(
+            f"POST {BATCHES} HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\nanthropic-version: 2023-06-01\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+        )
+        for n, start in enumerate(range(0, len(body), 997)):
+            sock.sendall(body[start : start + 997])
+            if n % 20 < 10:
+                time.sleep(0.002)  # ten pieces one at a time, then ten in a burst
+        status, _, response = _read_response(sock)
+    assert status == 200, response[:300]
+    batch = wait_for_end(client, json.loads(response)["id"])
+    assert batch.request_counts.succeeded == len(texts)
+    results = client.messages.batches.results(batch.id)
+    replies = {line.custom_id: line.result.message.content[0].text for line in results}
+    assert replies == {f"p-{i}": text for i, text in enumerate(texts)}
+
+
 # -- bodies that come slowly or not at all ---------------------------------------------------------
 
 
