@@ -33,6 +33,7 @@ class ItemFeed:
         self.pause_seconds = pause_seconds
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._taken = False
+        self._aborted = False
 
     def put(self, items: Sequence[tuple[str, Any]]) -> None:
         if items:
@@ -42,11 +43,15 @@ class ItemFeed:
         self._queue.put(_END)
 
     def abort(self) -> None:
+        # Seen at the next `take`, not after the runs still queued: nothing more is stored for nothing.
+        self._aborted = True
         self._queue.put(_ABORT)
 
     def take(self, deadline: float) -> Sequence[tuple[str, Any]] | None:
         """The next run, or None at the end; `FeedAbortedError` when aborted, `StreamedInsertUndoneError`
         once `deadline` (monotonic) passes first, or the pause allowed between runs."""
+        if self._aborted:
+            raise FeedAbortedError
         now = time.monotonic()
         paused = self._taken and self.pause_seconds is not None and now + self.pause_seconds < deadline
         until = now + self.pause_seconds if paused and self.pause_seconds is not None else deadline
