@@ -166,7 +166,8 @@ class Store:
         self.engine = engine
         self._writer = ThreadPoolExecutor(self._writer_threads, thread_name_prefix="store-write")
         self._reader = ThreadPoolExecutor(4, thread_name_prefix="store-read")
-        # Threads of their own: a streamed insert waits for its body, and must not hold up the writes.
+        # Threads of their own: a streamed insert waits for its body, and must not hold up the writer's
+        # queue (on SQLite its transaction holds the write lock all the same, hence its short hold).
         self._streamer = (
             ThreadPoolExecutor(self.streamed_inserts, thread_name_prefix="store-stream")
             if self.streamed_inserts

@@ -53,15 +53,14 @@ class ItemFeed:
         if self._aborted:
             raise FeedAbortedError
         now = time.monotonic()
-        paused = self._taken and self.pause_seconds is not None and now + self.pause_seconds < deadline
-        until = now + self.pause_seconds if paused and self.pause_seconds is not None else deadline
+        pause = self.pause_seconds if self._taken else None  # the first run may take longer
+        if pause is not None and now + pause < deadline:
+            until, reason = now + pause, f"the body paused for more than {pause:g} s"
+        else:
+            until, reason = deadline, f"the body did not complete within {self.hold_seconds:g} s"
         try:
             items = self._queue.get(timeout=max(0.0, until - now))
         except queue.Empty:
-            if paused:
-                reason = f"the body paused for more than {self.pause_seconds:g} s"
-            else:
-                reason = f"the body did not complete within {self.hold_seconds:g} s"
             raise StreamedInsertUndoneError(reason) from None
         self._taken = True
         if items is _ABORT:
