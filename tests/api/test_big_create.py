@@ -26,6 +26,7 @@ from tests.server import ServerProcess
 
 BATCHES = "/v1/messages/batches"
 COUNT = 6000  # ~3 KB each: ~18 MB, two full pieces and a tail
+RUNNING = 8000  # at 100 ms each, 256 at once: a batch that runs for about three seconds
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,36 @@ def test_big_create_stores_every_request_in_order(server: ServerProcess, raw: ht
     assert sorted(json.loads(line)["custom_id"] for line in lines) == sorted(f"s-{i}" for i in range(COUNT))
     first = json.loads(lines[0])
     assert first["result"]["message"]["content"][0]["text"].startswith(first["custom_id"].split("-")[1] + " lorem")
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server whose requests each take 100 ms: a batch keeps the store writing results for seconds
+    while its event loop stays free to receive a big body."""
+    proc = start_server(tmp_path_factory.mktemp("busy"), ["--fake-latency-ms", "100", "--concurrency", "256"])
+    yield proc
+    proc.terminate_quietly()
+
+
+def test_a_streamed_create_while_another_batch_runs_leaves_both_whole(
+    busy: ServerProcess, make_raw: Callable[..., httpx.Client]
+) -> None:
+    # On SQLite the streamed insert holds the write lock while its body arrives: the running batch's
+    # leases and results wait for it, and must all land once it commits, each exactly once.
+    raw = make_raw(busy)
+    running = raw.post(BATCHES, content=_body(count=RUNNING, prefix="run", words=2))
+    assert running.status_code == 200, running.text
+    time.sleep(0.5)  # under way: leasing and writing results
+    streamed = _streamed_batches(busy)
+    status, batch = _post(busy, _body(prefix="during"))
+    assert status == 200, batch
+    assert _streamed_batches(busy) == streamed + 1
+    counts = raw.get(f"{BATCHES}/{running.json()['id']}").json()["request_counts"]
+    assert counts["succeeded"] > 0 and counts["processing"] > 0, counts  # the create came mid-run
+    for batch_id, prefix, count in ((running.json()["id"], "run", RUNNING), (batch["id"], "during", COUNT)):
+        assert _wait_ended(raw, batch_id)["request_counts"]["succeeded"] == count
+        lines = raw.get(f"{BATCHES}/{batch_id}/results").text.splitlines()
+        assert sorted(json.loads(line)["custom_id"] for line in lines) == sorted(f"{prefix}-{i}" for i in range(count))
 
 
 def test_bad_last_request_is_400_and_nothing_is_stored(server: ServerProcess, raw: httpx.Client) -> None:
