@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 _END = object()
@@ -66,3 +66,15 @@ class ItemFeed:
         if items is _ABORT:
             raise FeedAbortedError
         return None if items is _END else items
+
+    def runs(self, deadline: float, max_requests: int) -> Iterator[Sequence[tuple[str, Any]]]:
+        """Each run (`take`) until the end: at least one request in all, and at most `max_requests`
+        (`RuntimeError` otherwise, which rolls the insert back)."""
+        taken = 0
+        while (items := self.take(deadline)) is not None:
+            taken += len(items)
+            if taken > max_requests:
+                raise RuntimeError(f"more than the {max_requests} requests announced")
+            yield items
+        if not taken:
+            raise RuntimeError("a streamed insert without requests")

@@ -148,14 +148,10 @@ class PostgresStore(Store):
         next_id = first_id
         with _copy_requests(cursor) as copy:
             write_row = copy.write_row
-            while (items := feed.take(deadline)) is not None:
-                if next_id + len(items) - 1 > reserved_last:
-                    raise RuntimeError(f"more than the {max_requests} requests announced")
+            for items in feed.runs(deadline, max_requests):  # so never past the ids reserved
                 for request_id, (custom_id, params) in enumerate(items, next_id):
                     write_row((request_id, seq, custom_id, params, "pending", 0))
                 next_id += len(items)
-        if next_id == first_id:
-            raise RuntimeError("a streamed insert without requests")
         last_id = next_id - 1
         if last_id < reserved_last:
             with _ids_locked(cursor):

@@ -163,22 +163,16 @@ class SQLiteStore(Store):
     ) -> tuple[int, int]:
         cursor = self._driver_cursor(conn)
         first_id = _next_request_id(cursor)
-        taken = 0
         # Rows short of a whole statement wait for the next run: one statement size while the body
         # arrives, and the few smaller ones only for the last rows.
         waiting: Sequence[tuple[str, Any]] = ()
         with page_cache(cursor, kib=_INSERT_CACHE_KIB):
-            while (items := feed.take(deadline)) is not None:
-                taken += len(items)
-                if taken > max_requests:
-                    raise RuntimeError(f"more than the {max_requests} requests announced")
+            for items in feed.runs(deadline, max_requests):
                 run = [*waiting, *items] if waiting else items
                 whole = len(run) - len(run) % _INSERT_STATEMENT_ROWS[0]
                 _insert_rows(cursor, seq, run[:whole])
                 waiting = run[whole:]
             _insert_rows(cursor, seq, waiting)
-        if not taken:
-            raise RuntimeError("a streamed insert without requests")
         return first_id, _next_request_id(cursor) - 1
 
     @writes

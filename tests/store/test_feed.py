@@ -72,3 +72,19 @@ def test_near_the_deadline_the_hold_is_what_ran_out() -> None:
     assert feed.take(deadline) == [("a", b"1")]
     with pytest.raises(StreamedInsertUndoneError, match="did not complete"):
         feed.take(deadline)
+
+
+def test_runs_hold_at_least_one_request_and_no_more_than_announced() -> None:
+    feed = ItemFeed(hold_seconds=FAR)
+    feed.put([("a", b"1"), ("b", b"2")])
+    feed.end()
+    assert list(feed.runs(_deadline(), max_requests=2)) == [[("a", b"1"), ("b", b"2")]]
+    feed = ItemFeed(hold_seconds=FAR)
+    feed.put([("a", b"1"), ("b", b"2")])
+    feed.end()
+    with pytest.raises(RuntimeError, match="more than the 1 requests announced"):
+        list(feed.runs(_deadline(), max_requests=1))
+    feed = ItemFeed(hold_seconds=FAR)
+    feed.end()
+    with pytest.raises(RuntimeError, match="without requests"):
+        list(feed.runs(_deadline(), max_requests=1))
