@@ -14,8 +14,7 @@ import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from overnight.config import Settings
 from overnight.store import Store, StoreUnavailableError
@@ -23,6 +22,9 @@ from overnight.store.records import LeasedDelivery
 from overnight.timestamps import MICROS, now_micros
 from overnight.webhooks.config import WebhookTarget
 from overnight.webhooks.events import BatchEndedEvents, signed_headers
+
+if TYPE_CHECKING:
+    import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -73,23 +75,34 @@ class WebhookSender:
         self._in_flight: dict[asyncio.Task[None], LeasedDelivery] = {}
         self._attempt_done = asyncio.Event()
         self._next_prune = 0
+        self._session: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.policy.timeout_seconds)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            try:
-                while True:
-                    self._attempt_done.clear()  # before looking: an attempt that ends from here on wakes us
-                    wait = await self._send_due(session)
-                    if wait > 0:
-                        # Until an attempt ends (a free slot; a retry it scheduled), the next delivery falls
-                        # due, or the next poll (events other nodes queue).
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._attempt_done.wait(), wait)
-            finally:
-                await self._stop_attempts()
+        try:
+            while True:
+                self._attempt_done.clear()  # before looking: an attempt that ends from here on wakes us
+                wait = await self._send_due()
+                if wait > 0:
+                    # Until an attempt ends (a free slot; a retry it scheduled), the next delivery falls
+                    # due, or the next poll (events other nodes queue).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._attempt_done.wait(), wait)
+        finally:
+            await self._stop_attempts()
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
 
-    async def _send_due(self, session: aiohttp.ClientSession) -> float:
+    def _http(self) -> aiohttp.ClientSession:
+        """The HTTP session, opened for the first POST: a server none of whose workspaces has a webhook
+        never sends one, and aiohttp holds about 10 MB of memory once imported."""
+        if self._session is None:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.policy.timeout_seconds))
+        return self._session
+
+    async def _send_due(self) -> float:
         """Start attempts for the deliveries due now, as slots allow; return how long to wait then."""
         slots = self.max_in_flight - len(self._in_flight)
         if slots <= 0:
@@ -110,7 +123,7 @@ class WebhookSender:
             )
         leased = await self._lease(slots)
         for delivery in leased:
-            task = asyncio.create_task(self._deliver(session, delivery), name="overnight-webhook")
+            task = asyncio.create_task(self._deliver(delivery), name="overnight-webhook")
             self._in_flight[task] = delivery
             task.add_done_callback(self._finished)
         return 0 if leased else self.poll_interval_seconds  # none leased: another node took them
@@ -157,9 +170,9 @@ class WebhookSender:
             logger.exception("leasing webhook deliveries failed; trying again shortly")
         return []
 
-    async def _deliver(self, session: aiohttp.ClientSession, delivery: LeasedDelivery) -> None:
+    async def _deliver(self, delivery: LeasedDelivery) -> None:
         target = self.targets.get(delivery.workspace)
-        error = await self._post(session, target, delivery) if target else "no webhook configured for the workspace"
+        error = await self._post(target, delivery) if target else "no webhook configured for the workspace"
         now = now_micros()
         retry_at = None if error is None or target is None else self.policy.retry_at(delivery, now)
         if error is None:
@@ -181,10 +194,11 @@ class WebhookSender:
         except Exception as exc:  # the lease lapses and the delivery is tried again
             logger.warning("recording webhook %s's attempt failed (%s)", delivery.event_id, exc)
 
-    async def _post(
-        self, session: aiohttp.ClientSession, target: WebhookTarget, delivery: LeasedDelivery
-    ) -> str | None:
+    async def _post(self, target: WebhookTarget, delivery: LeasedDelivery) -> str | None:
         """One POST; None on a 2xx answer, else why not."""
+        import aiohttp  # here rather than at the top: see `_http`
+
+        session = self._http()
         headers = signed_headers(target.secret, delivery.event_id, delivery.body)
         try:
             async with session.post(target.url, data=delivery.body, headers=headers, allow_redirects=False) as answer:

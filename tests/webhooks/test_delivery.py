@@ -10,6 +10,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -49,6 +50,29 @@ def batch_as_get_returns_it(server: ServerProcess, batch_id: str) -> dict[str, A
 def assert_no_more(receiver: Receiver, count: int, *, for_seconds: float = 1.5) -> None:
     time.sleep(for_seconds)
     assert receiver.count() == count, [json.loads(r.body)["data"]["id"] for r in receiver.received]
+
+
+def has_aiohttp_loaded(server: ServerProcess) -> bool:
+    """Whether the server process has mapped aiohttp's C extensions, i.e. imported aiohttp."""
+    assert server.process is not None
+    return "/aiohttp/" in Path(f"/proc/{server.process.pid}/maps").read_text()
+
+
+def test_the_http_client_is_loaded_only_to_send_a_webhook(server_factory: MakeServer, make_client: MakeClient) -> None:
+    # aiohttp holds about 10 MB once imported, counted in every server's footprint if loaded at start.
+    plain = server_factory()
+    client = make_client(plain)
+    batch = client.messages.batches.create(requests=make_requests(3))  # type: ignore[arg-type]
+    wait_for_end(client, batch.id, total=3)
+    assert not has_aiohttp_loaded(plain)
+    with Receiver() as receiver:
+        hooked = server_factory(*webhook_args(receiver, new_secret()))
+        assert not has_aiohttp_loaded(hooked)  # nothing sent yet
+        client = make_client(hooked)
+        batch = client.messages.batches.create(requests=make_requests(3))  # type: ignore[arg-type]
+        wait_for_end(client, batch.id, total=3)
+        receiver.wait_for(1)
+        assert has_aiohttp_loaded(hooked)
 
 
 def test_completed_batch_sends_one_signed_event(server_factory: MakeServer, make_client: MakeClient) -> None:
