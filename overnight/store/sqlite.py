@@ -21,11 +21,13 @@ from overnight.store.records import Completion, LeasedRequest
 # Writes go as one statement per few hundred rows, never one per row: each statement releases the GIL
 # once while SQLite works, where executemany releases and retakes it for every row — and with the event
 # loop busy, retaking it can wait a whole switch interval (5 ms) each time.
-# Inserts bind up to 1,000 rows per statement (a 250 MB create: 100 statements). Only these few sizes:
-# the sqlite3 module caches each statement, and a cached statement keeps SQLite's copy of the values
-# last bound to it (1,000 params of 2.5 KB: 2.5 MB, held for good) — one statement per size ever, not
-# one per batch or piece. Bigger statements saved little time and cost that memory at the create's peak.
-_INSERT_STATEMENT_ROWS = (1000, 250, 60, 15, 4, 1)
+# Inserts bind up to 2,000 rows per statement (a 250 MB create: 50 statements): a create that stores
+# while its body arrives shares the GIL with the event loop decoding the next pieces, and half as many
+# statements wait half as often to take it back. Only these few sizes: the sqlite3 module caches each
+# statement, and a cached statement keeps SQLite's copy of the values last bound to it (2,000 params of
+# 2.5 KB: 5 MB, held for good) — one statement per size ever, not one per batch or piece. Bigger
+# statements gained nothing more and cost that memory at the create's peak.
+_INSERT_STATEMENT_ROWS = (2000, 250, 60, 15, 4, 1)
 
 
 @functools.cache

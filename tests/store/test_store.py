@@ -267,16 +267,17 @@ async def test_a_big_insert_runs_on_a_small_page_cache_and_gives_the_cache_back(
     small = await make_batch(store, 100, batch_id="msgbatch_small")
     small_cache = f"PRAGMA cache_size=-{sqlite_module._INSERT_CACHE_KIB}"
     assert not [s for s in statements if s.startswith("PRAGMA cache_size")]
-    big = await make_batch(store, 2000, batch_id="msgbatch_big")
+    statement_rows = sqlite_module._INSERT_STATEMENT_ROWS[0]
+    big = await make_batch(store, 2 * statement_rows, batch_id="msgbatch_big")
     pragmas = [n for n, s in enumerate(statements) if s.startswith("PRAGMA cache_size=")]  # set, not read
     inserts = [n for n, s in enumerate(statements) if s.startswith("INSERT INTO requests")]
     # Set small before the big batch's first row, and back after its last.
     assert [statements[n] for n in pragmas] == [small_cache, f"PRAGMA cache_size=-{sqlite_module._CACHE_KIB}"]
     big_inserts = [n for n in inserts if n > pragmas[0]]
-    assert len(big_inserts) == 2 and big_inserts[-1] < pragmas[1]  # two 1,000-row statements
-    assert (small.total, big.total) == (100, 2000)
+    assert len(big_inserts) == 2 and big_inserts[-1] < pragmas[1]  # two statements of the biggest size
+    assert (small.total, big.total) == (100, 2 * statement_rows)
     leased = await store.lease_requests([(big.seq, 5000)], owner="o", lease_until=FAR_FUTURE)
-    assert sorted(request.custom_id for request in leased) == sorted(f"r{i}" for i in range(2000))
+    assert sorted(request.custom_id for request in leased) == sorted(f"r{i}" for i in range(2 * statement_rows))
 
 
 async def test_checkpoints_wait_while_writes_keep_coming_and_catch_up_when_they_stop(

@@ -54,7 +54,7 @@ async def _nothing_stored(store: Store, batch_id: str = "msgbatch_s") -> None:
     assert (await store.active_batches()).statuses == []
 
 
-@pytest.mark.parametrize("run", [50, 700])  # runs shorter than SQLite's insert statement, and across them
+@pytest.mark.parametrize("run", [50, 900])  # runs shorter than SQLite's insert statement, and across them
 async def test_runs_are_stored_in_order_as_one_batch(store: Store, run: int) -> None:
     feed = ItemFeed(hold_seconds=30)
     insert = _streamed(store, feed, max_requests=10_000)
