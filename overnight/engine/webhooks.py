@@ -78,6 +78,8 @@ class WebhookSender:
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
+        if self.targets:
+            self._http()  # import aiohttp now, not in the first attempt's time
         try:
             while True:
                 self._attempt_done.clear()  # before looking: an attempt that ends from here on wakes us
@@ -94,8 +96,9 @@ class WebhookSender:
                 self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
-        """The HTTP session, opened for the first POST: a server none of whose workspaces has a webhook
-        never sends one, and aiohttp holds about 10 MB of memory once imported."""
+        """The HTTP session, opened at start when a webhook is configured, else for the first POST (one
+        left queued from before): aiohttp holds about 10 MB of memory once imported, which a server none
+        of whose workspaces has a webhook has no use for."""
         if self._session is None:
             import aiohttp
 
