@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import queue
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from typing import IO, Any, TypeVar
 
 import msgspec
@@ -35,6 +38,12 @@ _SQLITE_CHUNK = (
 _SQLITE_OUTPUT_CHUNK = _SQLITE_CHUNK.format("=")
 _SQLITE_ERROR_CHUNK = _SQLITE_CHUNK.format("!=")
 _CHUNKS_PER_READ = 2
+# A validating batch's requests reach the inserting thread in runs of this many (the last one shorter): a
+# multiple of SQLite's biggest insert statement, so each run goes in as whole statements, each of which
+# waits once to take the GIL back from the thread checking the next chunks.
+_HANDOFF_ROWS = 8000
+_HANDOFF_BYTES = 4 << 20  # ... or sooner, once its lines came from this much of the file (long lines)
+_HANDOFF_DEPTH = 2  # runs checked ahead of the insert, at most
 
 
 class InputFileGoneError(LookupError):
@@ -422,10 +431,15 @@ class OpenAIStore:
                 last_id: int | None = None
                 inserted = 0
                 try:
-                    for group in item_groups(_chunks_in(conn, file_seq)):
-                        low, last_id = self.store._insert_requests(conn, seq, group)
-                        first_id = low if first_id is None else first_id
-                        inserted += len(group)
+                    # Read and checked on a reader thread, a few runs ahead: checking (Python, holding the
+                    # GIL) overlaps inserting (SQLite, which releases it).
+                    with _ahead(
+                        self.store._reader, functools.partial(self._file_requests, file_seq, item_groups)
+                    ) as runs:
+                        for run in runs:
+                            low, last_id = self.store._insert_requests(conn, seq, run)
+                            first_id = low if first_id is None else first_id
+                            inserted += len(run)
                 except Exception:
                     verdict()  # a lost claim or a refused file is what the caller wants to hear of
                     raise
@@ -450,6 +464,32 @@ class OpenAIStore:
                 return _one_batch(conn, seq)
 
         return await self.store.run_write(start)
+
+    def _file_requests(self, file_seq: int, item_groups: ItemGroups) -> Iterator[Sequence[tuple[str, Any]]]:
+        """A file's requests as `item_groups` gives them, read on a connection of their own (the file is
+        locked against deletion by the transaction that asks), in runs of `_HANDOFF_ROWS`, or shorter
+        ones once a run's lines took `_HANDOFF_BYTES` of the file (the memory they pin)."""
+        read = 0
+
+        def counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
+            nonlocal read
+            for chunk in chunks:
+                read += len(chunk)
+                yield chunk
+
+        with self.engine.connect() as conn, _small_cache(conn):
+            run: list[tuple[str, Any]] = []
+            for group in item_groups(counted(_chunks_in(conn, file_seq))):
+                run += group
+                if len(run) >= _HANDOFF_ROWS:
+                    whole = len(run) - len(run) % _HANDOFF_ROWS
+                    yield run[:whole]
+                    run, read = run[whole:], 0
+                elif read >= _HANDOFF_BYTES:
+                    yield run
+                    run, read = [], 0
+            if run:
+                yield run
 
     # --- ended batches ------------------------------------------------------------------------
 
@@ -566,6 +606,50 @@ def _chunks_in(conn: Connection, file_seq: int) -> Iterator[bytes]:
         for _, data in rows:
             yield bytes(data)
         idx = rows[-1][0] + 1
+
+
+class _Failed(msgspec.Struct):
+    error: BaseException
+
+
+_END = object()
+
+
+@contextlib.contextmanager
+def _ahead(pool: Executor, produce: Callable[[], Iterator[T]]) -> Iterator[Iterator[T]]:
+    """`produce()`'s items, made on a thread of `pool` up to `_HANDOFF_DEPTH` items ahead of the block
+    taking them; what it raises is raised where the item would have been. On leaving the block the
+    producer is stopped and waited for: whatever it changed is settled, and it holds nothing."""
+    handoff: queue.Queue[Any] = queue.Queue(_HANDOFF_DEPTH)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in produce():
+                handoff.put(item)
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed over, raised by the consumer
+            handoff.put(_Failed(exc))
+        else:
+            handoff.put(_END)
+
+    def items() -> Iterator[T]:
+        while (item := handoff.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+
+    producing = pool.submit(run)
+    try:
+        yield items()
+    finally:
+        stop.set()
+        # Room for the producer's next put (at most one more: it looks at `stop` after each), then wait.
+        while not producing.done():
+            with contextlib.suppress(queue.Empty):
+                handoff.get(timeout=0.05)
+        producing.result()
 
 
 def _with_engine_rows(conn: Connection, query: Any) -> list[OpenAIBatchRecord]:

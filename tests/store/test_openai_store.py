@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
+import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from overnight.store import Store
-from overnight.store.openai import FileRecord, InputFileGoneError, OpenAIBatchRecord, OpenAIStore
+from overnight.store.openai import (
+    _HANDOFF_DEPTH,
+    FileRecord,
+    InputFileGoneError,
+    OpenAIBatchRecord,
+    OpenAIStore,
+    _ahead,
+)
 from overnight.store.tables import FILE_CHUNK_BYTES
 
 FAR_FUTURE = 2**60
@@ -164,3 +174,138 @@ async def test_a_verdict_that_disagrees_with_the_lines_read_stores_nothing(store
         )
     record = await openai.get_batch("w", "batch_a")
     assert record is not None and record.batch is None
+
+
+def numbered_lines(count: int) -> bytes:
+    """`count` lines of ~100 bytes: a few thousand to a file chunk."""
+    return b"".join(b'{"n": %d, "text": "%s"}\n' % (number, b"x" * 80) for number in range(count))
+
+
+def chunk_groups(chunks: Iterator[bytes]) -> Iterator[Sequence[tuple[str, Any]]]:
+    """A group per chunk, of the lines it completes (as the validator's `checked_requests` gives them)."""
+    rest = b""
+    number = 0
+    for chunk in chunks:
+        *lines, rest = (rest + chunk).split(b"\n")
+        group = []
+        for raw in lines:
+            group.append((f"r{number}", raw))
+            number += 1
+        yield group
+
+
+async def test_a_big_file_is_enqueued_whole_and_in_order(store: Store) -> None:
+    # The lines are checked on another thread a few runs ahead of the insert: every one arrives, once,
+    # in the file's order, across many chunks and handoffs.
+    openai = OpenAIStore(store)
+    count = 40_000
+    content = numbered_lines(count)
+    assert len(content) > 2 * FILE_CHUNK_BYTES
+    await add_file(openai, content)
+    await add_batch(openai, "batch_a")
+    claim = await openai.claim_validation(owner="v", now=10, lease_until=FAR_FUTURE)
+    assert claim is not None
+    started = await openai.start_validated(
+        claim, owner="v", verdict=lambda: (count, "m"), item_groups=chunk_groups, now=11, max_queued_requests=0
+    )
+    assert started is not None and started.total == count
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            f"SELECT id, custom_id, params FROM requests WHERE batch_seq = {started.seq} ORDER BY id"
+        ).all()
+    assert [row.custom_id for row in rows] == [f"r{number}" for number in range(count)]
+    assert [bytes(row.params) for row in rows] == content.splitlines()
+    assert (rows[0].id, rows[-1].id) == (started.first_request_id, started.last_request_id)
+
+
+async def test_an_insert_that_fails_stops_the_reading_ahead(store: Store) -> None:
+    # The second line repeats the first one's custom_id: the insert fails on the first run, while the
+    # thread reading ahead is at most a few runs further. It is stopped and waited for (its connection
+    # closed), nothing is stored, and the claim still holds.
+    openai = OpenAIStore(store)
+    count = 100_000
+    await add_file(openai, numbered_lines(count))
+    await add_batch(openai, "batch_a")
+    claim = await openai.claim_validation(owner="v", now=10, lease_until=FAR_FUTURE)
+    assert claim is not None
+    given = 0
+    closed = False
+
+    def duplicated(chunks: Iterator[bytes]) -> Iterator[Sequence[tuple[str, Any]]]:
+        nonlocal given, closed
+        try:
+            for group in chunk_groups(chunks):
+                if given == 0:
+                    group[1] = (group[0][0], group[1][1])
+                given += len(group)
+                yield group
+        finally:
+            closed = True
+
+    with pytest.raises(Exception, match=r"(?i)unique"):
+        await openai.start_validated(
+            claim, owner="v", verdict=lambda: (count, "m"), item_groups=duplicated, now=11, max_queued_requests=0
+        )
+    assert closed
+    assert 0 < given < count // 2
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM requests").scalar_one() == 0
+    started = await openai.start_validated(
+        claim, owner="v", verdict=lambda: (count, "m"), item_groups=chunk_groups, now=12, max_queued_requests=0
+    )
+    assert started is not None and started.total == count
+
+
+async def test_what_reading_the_file_raises_reaches_the_caller(store: Store) -> None:
+    openai = OpenAIStore(store)
+    await add_file(openai, numbered_lines(30_000))
+    await add_batch(openai, "batch_a")
+    claim = await openai.claim_validation(owner="v", now=10, lease_until=FAR_FUTURE)
+    assert claim is not None
+
+    class Unreadable(Exception):
+        pass
+
+    def failing(chunks: Iterator[bytes]) -> Iterator[Sequence[tuple[str, Any]]]:
+        for number, group in enumerate(chunk_groups(chunks)):
+            if number == 5:
+                raise Unreadable
+            yield group
+
+    with pytest.raises(Unreadable):
+        await openai.start_validated(
+            claim, owner="v", verdict=lambda: (30_000, "m"), item_groups=failing, now=11, max_queued_requests=0
+        )
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM requests").scalar_one() == 0
+
+
+def test_the_reading_ahead_is_bounded_and_stops_with_the_block() -> None:
+    # `_ahead` itself: the producer gets at most its depth (plus the item in hand and the one it is
+    # making) ahead of a consumer that takes its time, and stops once the block is left.
+    made = 0
+    closed = threading.Event()
+
+    def produce() -> Iterator[int]:
+        nonlocal made
+        try:
+            for number in range(1000):
+                made += 1
+                yield number
+        finally:
+            closed.set()
+
+    with ThreadPoolExecutor(1) as pool:
+        with _ahead(pool, produce) as items:
+            assert next(items) == 0
+            time.sleep(0.3)  # the producer runs as far ahead as it may
+            assert made <= 1 + _HANDOFF_DEPTH + 1
+            assert next(items) == 1
+        assert closed.is_set() and made < 10
+
+        def broken() -> Iterator[int]:
+            yield 1
+            raise KeyError("unreadable")
+
+        with pytest.raises(KeyError, match="unreadable"), _ahead(pool, broken) as items:
+            assert list(items) == [1]
