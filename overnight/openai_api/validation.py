@@ -162,6 +162,13 @@ class Validator:
             return
         checker = self._checker(record)
 
+        def item_groups(chunks: Iterable[bytes]) -> Iterator[list[tuple[str, msgspec.Raw]]]:
+            nonlocal checker
+            # Afresh for each try of the transaction: one that lost a race (a deadlock on PostgreSQL) runs
+            # again, and must not find the file's custom_ids already seen.
+            checker = self._checker(record)
+            return checked_requests(checker, _until(abort, chunks))
+
         def verdict() -> tuple[int, str | None]:
             if abort.is_set():
                 raise _Aborted()
@@ -174,7 +181,7 @@ class Validator:
                 record,
                 owner=self.owner,
                 verdict=verdict,
-                item_groups=lambda chunks: checked_requests(checker, _until(abort, chunks)),
+                item_groups=item_groups,
                 now=now_micros(),
                 max_queued_requests=self.settings.max_queued_requests,
             )
