@@ -406,6 +406,18 @@ class Store:
         """Insert the batch's requests as pending; return the smallest and largest id given them."""
         raise NotImplementedError
 
+    def _insert_request_runs(
+        self, conn: Connection, seq: int, runs: Iterable[Sequence[tuple[str, Any]]]
+    ) -> tuple[int, int | None, int | None]:
+        """Insert the requests of `runs` as pending, as the runs come; return how many, and the smallest
+        and largest id given them (None: there were none)."""
+        count, first_id, last_id = 0, None, None
+        for run in runs:
+            low, last_id = self._insert_requests(conn, seq, run)
+            first_id = low if first_id is None else first_id
+            count += len(run)
+        return count, first_id, last_id
+
     def _notify(self, conn: Connection) -> None:
         """Tell other nodes, when this transaction commits, that batches were created or canceled."""
 

@@ -38,11 +38,10 @@ _SQLITE_CHUNK = (
 _SQLITE_OUTPUT_CHUNK = _SQLITE_CHUNK.format("=")
 _SQLITE_ERROR_CHUNK = _SQLITE_CHUNK.format("!=")
 _CHUNKS_PER_READ = 2
-# A validating batch's requests reach the inserting thread in runs of this many (the last one shorter): a
-# multiple of SQLite's biggest insert statement, so each run goes in as whole statements, each of which
-# waits once to take the GIL back from the thread checking the next chunks.
+# A validating batch's requests reach the inserting thread in runs of this many (the store carries rows
+# across runs to insert whole statements)...
 _HANDOFF_ROWS = 8000
-_HANDOFF_BYTES = 4 << 20  # ... or sooner, once its lines came from this much of the file (long lines)
+_HANDOFF_BYTES = 4 << 20  # ... or fewer, once their lines came from this much of the file (long lines)
 _HANDOFF_DEPTH = 2  # runs checked ahead of the insert, at most
 
 
@@ -427,19 +426,13 @@ class OpenAIStore:
                     )
                     .returning(batches.c.seq)
                 ).scalar_one()
-                first_id: int | None = None
-                last_id: int | None = None
-                inserted = 0
                 try:
                     # Read and checked on a reader thread, a few runs ahead: checking (Python, holding the
                     # GIL) overlaps inserting (SQLite, which releases it).
                     with _ahead(
                         self.store._reader, functools.partial(self._file_requests, file_seq, item_groups)
                     ) as runs:
-                        for run in runs:
-                            low, last_id = self.store._insert_requests(conn, seq, run)
-                            first_id = low if first_id is None else first_id
-                            inserted += len(run)
+                        inserted, first_id, last_id = self.store._insert_request_runs(conn, seq, runs)
                 except Exception:
                     verdict()  # a lost claim or a refused file is what the caller wants to hear of
                     raise
@@ -467,7 +460,7 @@ class OpenAIStore:
 
     def _file_requests(self, file_seq: int, item_groups: ItemGroups) -> Iterator[Sequence[tuple[str, Any]]]:
         """A file's requests as `item_groups` gives them, read on a connection of their own (the file is
-        locked against deletion by the transaction that asks), in runs of `_HANDOFF_ROWS`, or shorter
+        locked against deletion by the transaction that asks), in runs of about `_HANDOFF_ROWS`, or shorter
         ones once a run's lines took `_HANDOFF_BYTES` of the file (the memory they pin)."""
         read = 0
 
@@ -481,11 +474,7 @@ class OpenAIStore:
             run: list[tuple[str, Any]] = []
             for group in item_groups(counted(_chunks_in(conn, file_seq))):
                 run += group
-                if len(run) >= _HANDOFF_ROWS:
-                    whole = len(run) - len(run) % _HANDOFF_ROWS
-                    yield run[:whole]
-                    run, read = run[whole:], 0
-                elif read >= _HANDOFF_BYTES:
+                if len(run) >= _HANDOFF_ROWS or read >= _HANDOFF_BYTES:
                     yield run
                     run, read = [], 0
             if run:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain, repeat
 from operator import attrgetter
@@ -164,22 +164,30 @@ class SQLiteStore(Store):
             _insert_rows(cursor, seq, items)
         return first_id, _next_request_id(cursor) - 1
 
+    def _insert_request_runs(
+        self, conn: Connection, seq: int, runs: Iterable[Sequence[tuple[str, Any]]]
+    ) -> tuple[int, int | None, int | None]:
+        cursor = self._driver_cursor(conn)
+        first_id = _next_request_id(cursor)
+        # Rows short of a whole statement wait for the next run: one statement size while runs come, and
+        # the few smaller ones only for the last rows.
+        waiting: Sequence[tuple[str, Any]] = ()
+        for items in runs:
+            run = [*waiting, *items] if waiting else items
+            whole = len(run) - len(run) % _INSERT_STATEMENT_ROWS[0]
+            _insert_rows(cursor, seq, run[:whole])
+            waiting = run[whole:]
+        _insert_rows(cursor, seq, waiting)
+        count = _next_request_id(cursor) - first_id  # the write lock held: the ids are exactly these
+        return (count, first_id, first_id + count - 1) if count else (0, None, None)
+
     def _insert_streamed_requests(
         self, conn: Connection, seq: int, feed: ItemFeed, deadline: float, max_requests: int
     ) -> tuple[int, int]:
-        cursor = self._driver_cursor(conn)
-        first_id = _next_request_id(cursor)
-        # Rows short of a whole statement wait for the next run: one statement size while the body
-        # arrives, and the few smaller ones only for the last rows.
-        waiting: Sequence[tuple[str, Any]] = ()
-        with page_cache(cursor, kib=_INSERT_CACHE_KIB):
-            for items in feed.runs(deadline, max_requests):
-                run = [*waiting, *items] if waiting else items
-                whole = len(run) - len(run) % _INSERT_STATEMENT_ROWS[0]
-                _insert_rows(cursor, seq, run[:whole])
-                waiting = run[whole:]
-            _insert_rows(cursor, seq, waiting)
-        return first_id, _next_request_id(cursor) - 1
+        with page_cache(self._driver_cursor(conn), kib=_INSERT_CACHE_KIB):
+            _, first_id, last_id = self._insert_request_runs(conn, seq, feed.runs(deadline, max_requests))
+        assert first_id is not None and last_id is not None  # `runs` gives at least one request
+        return first_id, last_id
 
     @writes
     def lease_requests(self, quotas: Sequence[tuple[int, int]], *, owner: str, lease_until: int) -> list[LeasedRequest]:

@@ -60,16 +60,17 @@ async def test_a_transaction_that_lost_a_race_checks_the_file_afresh(tmp_path: P
             )
         )
         inserts = 0
-        insert = store._insert_requests
+        insert = store._insert_request_runs
 
-        def first_insert_loses(conn: Any, seq: int, items: Any) -> tuple[int, int]:
+        def first_insert_loses(conn: Any, seq: int, runs: Any) -> tuple[int, int | None, int | None]:
             nonlocal inserts
             inserts += 1
             if inserts == 1:
+                next(iter(runs))  # the file's first lines were read and checked
                 raise RaceLost
-            return insert(conn, seq, items)
+            return insert(conn, seq, runs)
 
-        store._insert_requests = first_insert_loses  # type: ignore[method-assign]
+        store._insert_request_runs = first_insert_loses  # type: ignore[method-assign]
         store.is_race_lost = lambda exc: isinstance(exc, RaceLost)  # type: ignore[method-assign]
         started: list[BatchRecord] = []
         validator = Validator(openai, Settings(), model_is_served=lambda model: True, on_started=started.append)
