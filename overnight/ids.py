@@ -49,26 +49,27 @@ _random = _RandomPool()
 os.register_at_fork(after_in_child=_random.forget)
 
 
-def _random_base62() -> str:
+def random_part() -> str:
+    """24 random base62 characters: the part of an id after its prefix, for ids of other shapes."""
     return _random.take()
 
 
 def batch_id() -> str:
-    return "msgbatch_" + _random_base62()
+    return "msgbatch_" + random_part()
 
 
 def message_id() -> str:
-    return "msg_" + _random_base62()
+    return "msg_" + random_part()
 
 
 def request_id() -> str:
-    return "req_" + _random_base62()
+    return "req_" + random_part()
 
 
 def tool_use_id() -> str:
-    return "toolu_" + _random_base62()
+    return "toolu_" + random_part()
 
 
 def event_id() -> str:
     """A webhook event's id, also its `webhook-id` header (the same on every retry)."""
-    return "evt_" + _random_base62()
+    return "evt_" + random_part()

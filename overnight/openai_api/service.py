@@ -320,8 +320,8 @@ def _file_not_found(file_id: str) -> OpenAIRequestError:
 
 
 def file_id() -> str:
-    return "file-" + ids.request_id().removeprefix("req_")
+    return "file-" + ids.random_part()
 
 
 def openai_batch_id() -> str:
-    return "batch_" + ids.request_id().removeprefix("req_")
+    return "batch_" + ids.random_part()

@@ -96,7 +96,7 @@ class OpenAICodec:
 
     def succeeded_line(self, custom_id: str, message: Message, params: MessageCreateParams) -> bytes:
         # The line's id shares the random part of the request id it carries, as in `_line`.
-        random = ids.request_id()[4:].encode()
+        random = ids.random_part().encode()
         values = text_completion_values(message, model=params.model)
         if values is not None:
             return _SUCCEEDED_TEXT_LINE % (random, _encode(custom_id), random, *values)
