@@ -80,6 +80,7 @@ _READS_AHEAD = 2
 _SEQ = attrgetter("batch_seq")
 _SEQ_AND_STATE = attrgetter("batch_seq", "state")
 _USAGE = attrgetter("usage")
+_LINE = attrgetter("line")
 _RETRIES = 4  # attempts of a transaction that lost a deadlock or serialization race
 
 
@@ -640,14 +641,23 @@ class Store:
                     written += map(by_id.__getitem__, ids)
             # Counted per batch with C loops (Counter, sorted, zip, sum): groups run to thousands.
             counts: dict[int, dict[str, int]] = defaultdict(dict)
-            for (seq, state), count in Counter(map(_SEQ_AND_STATE, written)).items():
+            kinds = Counter(map(_SEQ_AND_STATE, written))
+            for (seq, state), count in kinds.items():
                 counts[seq][state] = count
             usage = {
                 seq: [sum(column) for column in zip(*filter(None, map(_USAGE, of_batch)), strict=True)]
                 for seq, of_batch in groupby(sorted(written, key=_SEQ), key=_SEQ)
             }
+            # Usually all of one batch and one state: then no sort by both.
+            of_kind: Iterable[tuple[tuple[int, str], Iterable[Completion]]] = (
+                [(next(iter(kinds)), written)]
+                if len(kinds) == 1
+                else groupby(sorted(written, key=_SEQ_AND_STATE), key=_SEQ_AND_STATE)
+            )
+            line_bytes = {kind: sum(map(len, filter(None, map(_LINE, group)))) for kind, group in of_kind}
             for seq in sorted(counts):
-                self._add_counts(conn, seq, counts[seq], usage.get(seq) or None)
+                result_bytes = (line_bytes.get((seq, SUCCEEDED), 0), line_bytes.get((seq, ERRORED), 0))
+                self._add_counts(conn, seq, counts[seq], usage.get(seq) or None, result_bytes)
             return Completed(written, self._end_if_done(conn, sorted(counts), now))
 
     def _write_outcomes(self, conn: Connection, state: str, group: Sequence[Completion], owner: str) -> list[int]:
@@ -852,15 +862,20 @@ class Store:
     # --- shared pieces ------------------------------------------------------------------------
 
     def _add_counts(
-        self, conn: Connection, seq: int, by_state: dict[str, int], usage: Sequence[int] | None = None
+        self,
+        conn: Connection,
+        seq: int,
+        by_state: dict[str, int],
+        usage: Sequence[int] | None = None,
+        result_bytes: tuple[int, int] = (0, 0),
     ) -> None:
-        """Move `processing` into the terminal counters (and add token usage) in the same transaction
-        as the state change."""
+        """Move `processing` into the terminal counters (and add token usage and the bytes of the
+        succeeded and errored lines stored) in the same transaction as the state change."""
         moved = sum(by_state.values())
         if not moved:
             return
         values = [moved, *(by_state.get(state, 0) for state in (SUCCEEDED, ERRORED, CANCELED, EXPIRED))]
-        values += list(usage or (0, 0, 0, 0))
+        values += [*(usage or (0, 0, 0, 0)), *result_bytes]
         # One fixed statement (prepared once): this runs with every group of results written.
         self._driver_cursor(conn).execute(self.add_counts_sql, (*values, seq))
 
@@ -868,7 +883,8 @@ class Store:
         "UPDATE batches SET processing = processing - ?, succeeded = succeeded + ?, errored = errored + ?, "
         "canceled = canceled + ?, expired = expired + ?, input_tokens = input_tokens + ?, "
         "output_tokens = output_tokens + ?, cache_creation_input_tokens = cache_creation_input_tokens + ?, "
-        "cache_read_input_tokens = cache_read_input_tokens + ? WHERE seq = ?"
+        "cache_read_input_tokens = cache_read_input_tokens + ?, succeeded_bytes = succeeded_bytes + ?, "
+        "errored_bytes = errored_bytes + ? WHERE seq = ?"
     )
 
     def _end_if_done(self, conn: Connection, seqs: list[int], now: int) -> int:

@@ -494,8 +494,10 @@ class OpenAIStore:
 
         The files are rows naming the batch and a kind, not copies: their lines stay in `requests`. The
         requests that never ran get their lines (`render(custom_id, state)`) stored here, a few thousand
-        at a time, so that both files are plain reads of stored lines. `make_file(kind, size)` names a
-        file of `kind` (`output`, `error`); an empty one is not made.
+        at a time, so that both files are plain reads of stored lines; their sizes come from the batch's
+        byte counters (summed as the engine stored its lines) and these lines, not from a scan of its
+        results. `make_file(kind, size)` names a file of `kind` (`output`, `error`); an empty one is not
+        made.
         """
         assert record.batch is not None
         seq = record.batch.seq
@@ -511,10 +513,20 @@ class OpenAIStore:
                 if not moved:
                     conn.rollback()
                     return False
-                first, last = conn.execute(
-                    select(batches.c.first_request_id, batches.c.last_request_id).where(batches.c.seq == seq)
+                counted = conn.execute(
+                    select(
+                        batches.c.first_request_id,
+                        batches.c.last_request_id,
+                        batches.c.canceled,
+                        batches.c.expired,
+                        batches.c.succeeded_bytes,
+                        batches.c.errored_bytes,
+                    ).where(batches.c.seq == seq)
                 ).one()
-                for low in range(first or 0, (last or -1) + 1, _OUTCOME_CHUNK):
+                sizes = {"output": counted.succeeded_bytes, "error": counted.errored_bytes}
+                first, last = counted.first_request_id or 0, counted.last_request_id or -1
+                # Only a batch with canceled or expired requests has lines to render.
+                for low in range(first, last + 1, _OUTCOME_CHUNK) if counted.canceled or counted.expired else ():
                     never_ran = conn.execute(
                         select(requests.c.id, requests.c.custom_id, requests.c.state).where(
                             requests.c.id.between(low, low + _OUTCOME_CHUNK - 1),
@@ -524,22 +536,16 @@ class OpenAIStore:
                         )
                     ).all()
                     if never_ran:
+                        lines = [{"request_id": rid, "line": render(cid, state)} for rid, cid, state in never_ran]
                         conn.execute(
                             update(requests)
                             .where(requests.c.id == bindparam("request_id"))
                             .values(result=bindparam("line")),
-                            [{"request_id": rid, "line": render(cid, state)} for rid, cid, state in never_ran],
+                            lines,
                         )
-                by_state = conn.execute(
-                    select(requests.c.state, func.coalesce(func.sum(func.length(requests.c.result)), 0))
-                    .where(requests.c.batch_seq == seq)
-                    .group_by(requests.c.state)
-                ).all()
-                sizes = {True: 0, False: 0}
-                for state, size in by_state:
-                    sizes[state == SUCCEEDED] += int(size)
+                        sizes["error"] += sum(len(line["line"]) for line in lines)
                 linked: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
-                for kind, size in (("output", sizes[True]), ("error", sizes[False])):
+                for kind, size in sizes.items():
                     if not size:
                         continue
                     file = make_file(kind, int(size))

@@ -48,6 +48,8 @@ class BatchRecord(msgspec.Struct, frozen=True, gc=False):
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     format: str = "anthropic"
+    succeeded_bytes: int = 0
+    errored_bytes: int = 0
 
     @property
     def usage(self) -> Usage:

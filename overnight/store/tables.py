@@ -59,6 +59,10 @@ batches = Table(
     Column("cache_read_input_tokens", BigInteger, nullable=False, server_default="0"),
     # The wire format its requests and result lines are in (`anthropic`, `openai`): picks the codec.
     Column("format", String(16), nullable=False, server_default="anthropic"),
+    # Bytes of the succeeded and errored result lines stored, summed in the same transaction that
+    # stores them: an OpenAI batch's output and error files are sized from these, not by a scan.
+    Column("succeeded_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("errored_bytes", BigInteger, nullable=False, server_default="0"),
     Index("ix_batches_workspace_seq", "workspace", "seq"),
     # Partial indexes: the engine and sweepers look at unfinished batches, or at ended ones not yet
     # archived, every second; these keep that proportional to those batches, not to all ever stored.

@@ -68,7 +68,9 @@ def read_lines(client: openai.OpenAI, file_id: str | None) -> dict[str, dict[str
     if file_id is None:
         return {}
     by_id: dict[str, dict[str, Any]] = {}
-    for text in client.files.content(file_id).text.splitlines():
+    content = client.files.content(file_id).content
+    assert client.files.retrieve(file_id).bytes == len(content)  # the size it was made with is its size
+    for text in content.decode().splitlines():
         item = json.loads(text)
         assert item["custom_id"] not in by_id, f"two lines for {item['custom_id']}"
         assert set(item) == {"id", "custom_id", "response", "error"}, item

@@ -6,6 +6,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 
 from overnight.store import open_store
 from overnight.store.base import MIGRATIONS
@@ -57,3 +58,41 @@ def test_0003_gives_stored_batches_their_request_id_range(tmp_path: Path) -> Non
     store.close()
     expected = [("msgbatch_a", 7, 9), ("msgbatch_b", 8, 8), ("msgbatch_archived", None, None)]
     assert [tuple(row) for row in ranges] == expected
+
+
+def test_0008_counts_the_result_bytes_batches_already_hold(database_url: str) -> None:
+    store = open_store(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0007")
+        conn.execute(
+            text(
+                "INSERT INTO batches (seq, id, workspace, status, total, processing, created_at, expires_at) "
+                "VALUES (:seq, :id, 'w', :status, 2, 0, 1, 2)"
+            ),
+            [
+                {"seq": 1, "id": "msgbatch_a", "status": "ended"},
+                {"seq": 2, "id": "msgbatch_b", "status": "in_progress"},
+            ],
+        )
+        conn.execute(
+            text(
+                "INSERT INTO requests (id, batch_seq, custom_id, params, state, attempt, result) "
+                "VALUES (:id, :seq, :custom_id, :params, :state, 1, :result)"
+            ),
+            [
+                {"id": 1, "seq": 1, "custom_id": "ok1", "params": b"{}", "state": "succeeded", "result": b"abc"},
+                {"id": 2, "seq": 1, "custom_id": "ok2", "params": b"{}", "state": "succeeded", "result": b"de"},
+                {"id": 3, "seq": 1, "custom_id": "bad", "params": b"{}", "state": "errored", "result": b"fghi"},
+                {"id": 4, "seq": 1, "custom_id": "gone", "params": b"{}", "state": "canceled", "result": None},
+                {"id": 5, "seq": 2, "custom_id": "p1", "params": b"{}", "state": "pending", "result": None},
+                {"id": 6, "seq": 2, "custom_id": "p2", "params": b"{}", "state": "succeeded", "result": b"j"},
+            ],
+        )
+    store.migrate()
+    with store.engine.connect() as conn:
+        counted = conn.execute(text("SELECT id, succeeded_bytes, errored_bytes FROM batches ORDER BY seq")).all()
+    store.close()
+    assert [tuple(row) for row in counted] == [("msgbatch_a", 5, 4), ("msgbatch_b", 1, 0)]

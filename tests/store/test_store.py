@@ -403,6 +403,7 @@ async def test_usage_is_summed_with_the_results_it_counts(store: Store) -> None:
     await store.complete_requests(done, owner="me", now=6)  # a duplicate: neither result nor usage again
     after = await store.get_batch("w", record.id)
     assert after is not None and after.usage == Usage(30, 6, 3, 12)
+    assert (after.succeeded_bytes, after.errored_bytes) == (3 * len(b"ok\n"), 0)
     assert await store.workspace_usage("w") == (1, Usage(30, 6, 3, 12))
     assert await store.workspace_usage("nobody") == (0, Usage())
 
@@ -431,10 +432,13 @@ async def test_a_group_of_results_writes_exactly_those_still_leased(store: Store
     after = await store.get_batch("w", record.id)
     assert after is not None
     assert (after.succeeded, after.processing, after.usage) == (4480, 20, Usage(8960, 4480, 0, 0))
+    assert (after.succeeded_bytes, after.errored_bytes) == (4480 * len(b"ok\n"), 0)  # each line once
     assert_counts_add_up(after)
     # The stale ones were still leased; their own attempt writes them, and the batch ends.
     late = [Completion(i, record.seq, attempt[i], ERRORED, b"late\n") for i in sorted(lost)]
     assert (await store.complete_requests(late, owner="me", now=300)).batches_ended == 1
+    ended = await store.get_batch("w", record.id)
+    assert ended is not None and (ended.succeeded_bytes, ended.errored_bytes) == (4480 * 3, 20 * len(b"late\n"))
     assert await all_results(store, record.id) == b"".join(
         b"late\n" if i.id in lost else b"ok\n" for i in sorted(leased, key=lambda item: item.id)
     )
