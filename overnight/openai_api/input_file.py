@@ -48,12 +48,13 @@ class _TypicalCheckedLine(msgspec.Struct, gc=False):
     custom_id: str
     method: str
     url: str
-    body: _TypicalBody
+    body: msgspec.Raw  # as sent, which is what is enqueued; `_TypicalBody` checks it
 
 
 _decode_typical_line = msgspec.json.Decoder(_TypicalCheckedLine).decode
-_CUSTOM_ID, _METHOD, _URL = attrgetter("custom_id"), attrgetter("method"), attrgetter("url")
-_MODEL, _STREAM = attrgetter("body.model"), attrgetter("body.stream")
+_decode_typical_body = msgspec.json.Decoder(_TypicalBody).decode
+_CUSTOM_ID, _METHOD, _URL, _BODY = attrgetter("custom_id"), attrgetter("method"), attrgetter("url"), attrgetter("body")
+_MODEL, _STREAM = attrgetter("model"), attrgetter("stream")
 
 
 # A line of a file that passed its check, as it is enqueued: the body kept as the bytes sent.
@@ -86,10 +87,14 @@ class InputChecker:
         self.custom_ids: set[str] = set()
         self._number = 0  # lines so far
         self._blank = 0  # blank lines not yet known to be followed by another line (trailing ones are fine)
+        self.typical_requests: list[tuple[str, msgspec.Raw]] | None = None
+        """The last group's requests (custom_id, body as sent) if it passed as typical lines (decoded
+        once then), else None."""
 
     def check(self, lines: list[bytes | None]) -> bool:
         """Check the next lines of the file (a group of `line_groups`); False once the file is known to
         be invalid and what follows need not be read. A `None` line is one longer than `MAX_LINE_BYTES`."""
+        self.typical_requests = None
         if self._all_typical(lines):
             return True
         return all(map(self._line, lines))  # stops at the first False
@@ -107,18 +112,20 @@ class InputChecker:
             return False
         try:
             typical = list(map(_decode_typical_line, cast("list[bytes]", lines)))
+            bodies = list(map(_BODY, typical))
+            checked_bodies = list(map(_decode_typical_body, bodies))
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # ValidationError too
             return False
         custom_ids = list(map(_CUSTOM_ID, typical))
         fresh = set(custom_ids)
-        models = set(map(_MODEL, typical))
+        models = set(map(_MODEL, checked_bodies))
         model = next(iter(models)) if len(models) == 1 else None
         if not (
             model is not None
             and (model == self.model if self.model is not None else self.model_is_served(model))
             and set(map(_METHOD, typical)) == {"POST"}
             and set(map(_URL, typical)) == {self.endpoint}
-            and True not in set(map(_STREAM, typical))
+            and True not in set(map(_STREAM, checked_bodies))
             and len(fresh) == len(custom_ids)
             and fresh.isdisjoint(self.custom_ids)
             and max(map(len, custom_ids)) <= _MAX_CUSTOM_ID_CHARS
@@ -131,6 +138,7 @@ class InputChecker:
         if not self.errors:  # as a line at a time counts: an invalid file's total means nothing
             self.total += len(lines)
         self._number += len(lines)
+        self.typical_requests = list(zip(custom_ids, bodies, strict=True))
         return True
 
     def _line(self, raw: bytes | None) -> bool:
@@ -196,10 +204,14 @@ def checked_requests(checker: InputChecker, chunks: Iterable[bytes]) -> Iterator
     for lines in line_groups(chunks):
         if not checker.check(lines):
             return
-        if not checker.errors:  # then no line is None, and each blank one is at the end so far
+        if checker.errors:
+            continue
+        requests = checker.typical_requests
+        if requests is None:  # checked a line at a time: no line is None, and each blank one is at the end so far
             present = filter(bytes.strip, cast("list[bytes]", lines))
-            if requests := list(map(_CUSTOM_ID_AND_BODY, map(_decode_request, present))):
-                yield requests
+            requests = list(map(_CUSTOM_ID_AND_BODY, map(_decode_request, present)))
+        if requests:
+            yield requests
     checker.finish()
 
 
