@@ -8,7 +8,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from overnight.store import open_store
+from overnight.store import Store, open_store
 from overnight.store.base import MIGRATIONS
 from overnight.store.tables import metadata
 from tests.conftest import newest_migration
@@ -37,11 +37,8 @@ def test_migrate_is_idempotent(database_url: str) -> None:
 def test_0003_gives_stored_batches_their_request_id_range(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     store = open_store(url)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    _upgrade(store, "0002")
     with store.engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0002")
         conn.exec_driver_sql(
             "INSERT INTO batches (seq, id, workspace, status, total, processing, created_at, expires_at) "
             "VALUES (1, 'msgbatch_a', 'w', 'ended', 2, 0, 1, 2), (2, 'msgbatch_b', 'w', 'ended', 1, 0, 1, 2), "
@@ -62,11 +59,8 @@ def test_0003_gives_stored_batches_their_request_id_range(tmp_path: Path) -> Non
 
 def test_0008_counts_the_result_bytes_batches_already_hold(database_url: str) -> None:
     store = open_store(database_url)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    _upgrade(store, "0007")
     with store.engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0007")
         conn.execute(
             text(
                 "INSERT INTO batches (seq, id, workspace, status, total, processing, created_at, expires_at) "
@@ -96,3 +90,12 @@ def test_0008_counts_the_result_bytes_batches_already_hold(database_url: str) ->
         counted = conn.execute(text("SELECT id, succeeded_bytes, errored_bytes FROM batches ORDER BY seq")).all()
     store.close()
     assert [tuple(row) for row in counted] == [("msgbatch_a", 5, 4), ("msgbatch_b", 1, 0)]
+
+
+def _upgrade(store: Store, revision: str) -> None:
+    """Migrate `store`'s database only up to `revision` (to fill it as that schema was)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
