@@ -35,9 +35,10 @@ _decode_line = msgspec.json.Decoder(_Line).decode
 _decode_body = msgspec.json.Decoder(_Body).decode
 
 
-# The shape nearly every line has, checked in C in one decode: what these accept, `_check_line` accepts
-# too, so lines they take need only the checks that compare them with the file's other lines (see
-# `InputChecker._all_typical`). Anything else is checked a line at a time, which names the error.
+# The shape nearly every line has, checked in C (a decode of the line, then of its body): what these
+# accept, `_check_line` accepts too, so lines they take need only the checks that compare them with the
+# file's other lines (see `InputChecker._typical_requests`). Anything else is checked a line at a time,
+# which names the error.
 class _TypicalBody(msgspec.Struct, gc=False):
     model: Annotated[str, msgspec.Meta(min_length=1)]
     messages: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1)]
@@ -87,35 +88,41 @@ class InputChecker:
         self.custom_ids: set[str] = set()
         self._number = 0  # lines so far
         self._blank = 0  # blank lines not yet known to be followed by another line (trailing ones are fine)
-        self.typical_requests: list[tuple[str, msgspec.Raw]] | None = None
-        """The last group's requests (custom_id, body as sent) if it passed as typical lines (decoded
-        once then), else None."""
 
-    def check(self, lines: list[bytes | None]) -> bool:
-        """Check the next lines of the file (a group of `line_groups`); False once the file is known to
-        be invalid and what follows need not be read. A `None` line is one longer than `MAX_LINE_BYTES`."""
-        self.typical_requests = None
-        if self._all_typical(lines):
-            return True
-        return all(map(self._line, lines))  # stops at the first False
+    def check(self, lines: list[bytes | None]) -> list[tuple[str, msgspec.Raw]] | None:
+        """Check the next lines of the file (a group of `line_groups`) and give their requests to enqueue,
+        (custom_id, body as sent): none once the file is known to be invalid, and None once what follows
+        need not be read either. A `None` line is one longer than `MAX_LINE_BYTES`."""
+        typical = self._typical_requests(lines)
+        if typical is not None:
+            return [] if self.errors else typical
+        if not all(map(self._line, lines)):  # stops at the first False
+            return None
+        if self.errors:
+            return []
+        # Each line passed, so none is None and each blank one is at the end so far; a line that passed
+        # has the typical line's types (see `_check_line`), so reading it as `_TypicalLine` cannot fail.
+        present = filter(bytes.strip, cast("list[bytes]", lines))
+        return list(map(_CUSTOM_ID_AND_BODY, map(_decode_request, present)))
 
     def finish(self) -> None:
         """The file has no more lines: one without any is invalid too."""
         if self._number == self._blank and not self.errors:
             self.errors.append(batch_error("empty_file", "The input file is empty."))
 
-    def _all_typical(self, lines: list[bytes | None]) -> bool:
-        """Count the lines in if every one is a valid request of the typical shape, checked together in
-        C loops (one decode a line, then a set or a min/max over each field); otherwise change nothing:
-        each line is then checked by itself, which names the errors."""
+    def _typical_requests(self, lines: list[bytes | None]) -> list[tuple[str, msgspec.Raw]] | None:
+        """Count the lines in and give their requests if every one is a valid request of the typical
+        shape, checked together in C loops (one decode a line and one of its body, then a set or a
+        min/max over each field); otherwise change nothing and give None: each line is then checked by
+        itself, which names the errors."""
         if self._blank or self._number + len(lines) > self.max_lines or None in lines:
-            return False
+            return None
         try:
             typical = list(map(_decode_typical_line, cast("list[bytes]", lines)))
             bodies = list(map(_BODY, typical))
             checked_bodies = list(map(_decode_typical_body, bodies))
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # ValidationError too
-            return False
+            return None
         custom_ids = list(map(_CUSTOM_ID, typical))
         fresh = set(custom_ids)
         models = set(map(_MODEL, checked_bodies))
@@ -132,14 +139,13 @@ class InputChecker:
             and all(custom_ids)
             and all(map(str.isprintable, custom_ids))
         ):
-            return False
+            return None
         self.model = model
         self.custom_ids |= fresh
         if not self.errors:  # as a line at a time counts: an invalid file's total means nothing
             self.total += len(lines)
         self._number += len(lines)
-        self.typical_requests = list(zip(custom_ids, bodies, strict=True))
-        return True
+        return list(zip(custom_ids, bodies, strict=True))
 
     def _line(self, raw: bytes | None) -> bool:
         """Check one line; False once the file is known to be invalid (nothing more to check)."""
@@ -199,17 +205,11 @@ def checked_requests(checker: InputChecker, chunks: Iterable[bytes]) -> Iterator
     """A file's requests, (custom_id, body as sent), a list for each chunk's lines, each checked by
     `checker` before it is given. Once the file is known to be invalid nothing more is given, but the
     lines after are still checked (their errors are reported too, up to `MAX_REPORTED_ERRORS`); at the
-    end, `checker` holds the verdict. A line that passed has the typical line's types (see `_check_line`),
-    so reading it again as `_TypicalLine` cannot fail."""
+    end, `checker` holds the verdict."""
     for lines in line_groups(chunks):
-        if not checker.check(lines):
+        requests = checker.check(lines)
+        if requests is None:
             return
-        if checker.errors:
-            continue
-        requests = checker.typical_requests
-        if requests is None:  # checked a line at a time: no line is None, and each blank one is at the end so far
-            present = filter(bytes.strip, cast("list[bytes]", lines))
-            requests = list(map(_CUSTOM_ID_AND_BODY, map(_decode_request, present)))
         if requests:
             yield requests
     checker.finish()
