@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import functools
 import time
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import chain, repeat
-from operator import attrgetter
+from itertools import accumulate, chain, repeat
+from operator import attrgetter, itemgetter
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -28,6 +29,11 @@ from overnight.store.records import Completion, LeasedRequest
 # 2.5 KB: 5 MB, held for good) — one statement per size ever, not one per batch or piece. Bigger
 # statements gained nothing more and cost that memory at the create's peak.
 _INSERT_STATEMENT_ROWS = (2000, 250, 60, 15, 4, 1)
+# ... and at most this many bytes of params, whatever the rows: SQLite copies each value bound and keeps
+# the copies until the statement's next run, so 2,000 requests of 100 KB would bind 200 MB at once (on
+# top of the body), keep it for good, and hold a streamed insert back until 2,000 of them had arrived.
+_INSERT_STATEMENT_BYTES = 8 << 20
+_PARAMS = itemgetter(1)  # of a (custom_id, params) item
 
 
 @functools.cache
@@ -169,14 +175,12 @@ class SQLiteStore(Store):
     ) -> tuple[int, int | None, int | None]:
         cursor = self._driver_cursor(conn)
         first_id = _next_request_id(cursor)
-        # Rows short of a whole statement wait for the next run: one statement size while runs come, and
-        # the few smaller ones only for the last rows.
+        # Rows short of a full statement wait for the next run: full statements while runs come, and the
+        # few smaller ones only for the last rows.
         waiting: Sequence[tuple[str, Any]] = ()
         for items in runs:
             run = [*waiting, *items] if waiting else items
-            whole = len(run) - len(run) % _INSERT_STATEMENT_ROWS[0]
-            _insert_rows(cursor, seq, run[:whole])
-            waiting = run[whole:]
+            waiting = run[_insert_rows(cursor, seq, run, full_only=True) :]
         _insert_rows(cursor, seq, waiting)
         count = _next_request_id(cursor) - first_id  # the write lock held: the ids are exactly these
         return (count, first_id, first_id + count - 1) if count else (0, None, None)
@@ -265,14 +269,32 @@ def _next_request_id(cursor: Any) -> int:
     return int(cursor.fetchone()[0] or 0) + 1
 
 
-def _insert_rows(cursor: Any, seq: int, items: Sequence[tuple[str, Any]]) -> None:
-    """Insert `items` as pending requests of batch `seq`, in as few statements as the sizes allow."""
+def _insert_rows(cursor: Any, seq: int, items: Sequence[tuple[str, Any]], *, full_only: bool = False) -> int:
+    """Insert `items` as pending requests of batch `seq`, in as few statements as the sizes allow, none
+    binding more than `_INSERT_STATEMENT_BYTES` of params (unless one request alone does); return how
+    many were inserted: all of them, or with `full_only` only those up to where a statement would be
+    short of both limits (the rest wait for more)."""
+    most = _INSERT_STATEMENT_ROWS[0]
     position = 0
-    for size in _INSERT_STATEMENT_ROWS:
-        while len(items) - position >= size:
-            rows = items[position : position + size]
-            cursor.execute(_insert_sql(size), [seq, *chain.from_iterable(rows)])
-            position += size
+    while position < len(items):
+        fitting = _rows_fitting(items, position, most)
+        if full_only and fitting < most and position + fitting == len(items):
+            break
+        size = next(size for size in _INSERT_STATEMENT_ROWS if size <= fitting)
+        rows = items[position : position + size]
+        cursor.execute(_insert_sql(size), [seq, *chain.from_iterable(rows)])
+        position += size
+    return position
+
+
+def _rows_fitting(items: Sequence[tuple[str, Any]], position: int, most: int) -> int:
+    """How many of `items` from `position` on (at least one, at most `most`) bind no more than
+    `_INSERT_STATEMENT_BYTES` of params."""
+    window = items[position : position + most]
+    lengths = list(map(len, map(_PARAMS, window)))
+    if sum(lengths) <= _INSERT_STATEMENT_BYTES:
+        return len(window)
+    return max(1, bisect_right(list(accumulate(lengths)), _INSERT_STATEMENT_BYTES))
 
 
 def connect(url: str) -> Engine:

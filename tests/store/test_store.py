@@ -16,6 +16,7 @@ from sqlalchemy import event, text
 from overnight.store import BatchRecord, Completed, Completion, QueueFullError, Store, Usage, open_store
 from overnight.store import base as store_module
 from overnight.store import sqlite as sqlite_module
+from overnight.store.feed import ItemFeed
 from overnight.store.records import ENDED, ERRORED, SUCCEEDED
 from overnight.store.sqlite import SQLiteStore
 
@@ -278,6 +279,94 @@ async def test_a_big_insert_runs_on_a_small_page_cache_and_gives_the_cache_back(
     assert (small.total, big.total) == (100, 2 * statement_rows)
     leased = await store.lease_requests([(big.seq, 5000)], owner="o", lease_until=FAR_FUTURE)
     assert sorted(request.custom_id for request in leased) == sorted(f"r{i}" for i in range(2 * statement_rows))
+
+
+def _record_insert_statements(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The row counts of the INSERT statements the SQLite store runs from now on, in order."""
+    sizes: list[int] = []
+    make_sql = sqlite_module._insert_sql
+
+    def recorded(rows: int) -> str:
+        sizes.append(rows)
+        return make_sql(rows)
+
+    monkeypatch.setattr(sqlite_module, "_insert_sql", recorded)
+    return sizes
+
+
+def _bound_bytes(sizes: list[int], items: list[tuple[str, bytes]]) -> list[int]:
+    """The bytes of params each statement of `sizes` bound, the statements taking `items` in order."""
+    bound, position = [], 0
+    for size in sizes:
+        bound.append(sum(len(params) for _, params in items[position : position + size]))
+        position += size
+    assert position == len(items)
+    return bound
+
+
+async def test_an_insert_statement_binds_a_bounded_size_of_params_however_big_the_requests(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("SQLite's insert statements only")
+    # SQLite copies every value bound and keeps the copies until the statement runs again: statements of
+    # 2,000 big requests would hold the batch's size twice over. A small limit stands in for the real one.
+    limit = 64 * 1024
+    monkeypatch.setattr(sqlite_module, "_INSERT_STATEMENT_BYTES", limit)
+    sizes = _record_insert_statements(monkeypatch)
+
+    def params(i: int, size: int) -> bytes:
+        return b'{"model":"m","i":%d,"pad":"%s"}' % (i, b"x" * size)
+
+    items = [(f"s{i}", params(i, 1_000)) for i in range(300)]  # small: many to a statement
+    items += [(f"h{i}", params(i, 100_000)) for i in range(3)]  # each one past the limit alone
+    items += [(f"m{i}", params(i, 20_000)) for i in range(30)]  # a few to a statement
+    record = await store.insert_batch(batch_id="msgbatch_h", workspace="w", created_at=1, expires_at=2, items=items)
+    assert record.total == len(items)
+    bound = _bound_bytes(sizes, items)
+    assert all(size <= limit for size, rows in zip(bound, sizes, strict=True) if rows > 1)
+    assert [rows for size, rows in zip(bound, sizes, strict=True) if size > limit] == [1, 1, 1]  # the huge ones
+    assert sizes[0] == 60 and max(sizes) < sqlite_module._INSERT_STATEMENT_ROWS[0]  # the limit, not the rows
+    # Every request stored once, in order, as it came.
+    leased = await store.lease_requests([(record.seq, len(items))], owner="o", lease_until=FAR_FUTURE)
+    assert [(request.custom_id, bytes(request.params)) for request in leased] == items
+
+
+async def test_a_streamed_insert_of_big_requests_stores_them_while_later_ones_still_come(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("SQLite's insert statements only")
+    # Runs wait until they make a full statement: with big requests that is the bytes limit, not 2,000
+    # requests (the whole batch, before this limit: nothing was stored until the body had arrived).
+    limit = 64 * 1024
+    monkeypatch.setattr(sqlite_module, "_INSERT_STATEMENT_BYTES", limit)
+    sizes = _record_insert_statements(monkeypatch)
+    items = [(f"r{i}", b'{"model":"m","i":%d,"pad":"%s"}' % (i, b"x" * 10_000)) for i in range(60)]
+    feed = ItemFeed(hold_seconds=30)
+    insert = asyncio.ensure_future(
+        store.insert_streamed_batch(
+            batch_id="msgbatch_s", workspace="w", created_at=1, expires_at=FAR_FUTURE, feed=feed, max_requests=100
+        )
+    )
+    feed.put(items[:3])  # short of a full statement: waits
+    await asyncio.sleep(0.2)
+    assert sizes == []
+    for start in range(3, 30, 3):
+        feed.put(items[start : start + 3])
+    deadline = asyncio.get_running_loop().time() + 10
+    while sum(sizes) < 24:  # all but the last run's few rows, stored before the body ends
+        assert asyncio.get_running_loop().time() < deadline, sizes
+        await asyncio.sleep(0.02)
+    assert not insert.done()
+    feed.put(items[30:])
+    feed.end()
+    record = await insert
+    bound = _bound_bytes(sizes, items)
+    assert all(size <= limit for size in bound)
+    assert record.total == len(items)
+    leased = await store.lease_requests([(record.seq, len(items))], owner="o", lease_until=FAR_FUTURE)
+    assert [(request.custom_id, bytes(request.params)) for request in leased] == items
 
 
 async def test_checkpoints_wait_while_writes_keep_coming_and_catch_up_when_they_stop(
