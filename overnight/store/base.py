@@ -76,6 +76,9 @@ S = TypeVar("S", bound="Store")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _RESULT_CHUNK_IDS = 5000
+# ... or fewer where the batch's lines are long: a chunk of about this many bytes. A few chunks are in
+# memory at once (read ahead, being sent), so 5,000 lines of 60 KB would hold the whole download.
+_RESULT_CHUNK_BYTES = 4 << 20
 _READS_AHEAD = 2
 _SEQ = attrgetter("batch_seq")
 _SEQ_AND_STATE = attrgetter("batch_seq", "state")
@@ -107,6 +110,15 @@ class QueueFullError(RuntimeError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"queue limit {limit}")
         self.limit = limit
+
+
+def result_chunk_ids(lines: int, line_bytes: int) -> int:
+    """How many request ids a chunk of a batch's result lines spans: `_RESULT_CHUNK_IDS`, or fewer when
+    its `lines` stored lines took `line_bytes` in all and so average more than `_RESULT_CHUNK_BYTES`
+    over that many (lines that never ran, canceled or expired, are short)."""
+    if lines <= 0 or line_bytes <= 0:
+        return _RESULT_CHUNK_IDS
+    return max(1, min(_RESULT_CHUNK_IDS, _RESULT_CHUNK_BYTES * lines // line_bytes))
 
 
 def _guarded(store: Store, name: str, call: Callable[[], T]) -> T:
@@ -512,17 +524,19 @@ class Store:
             return bool(deleted)
 
     async def stream_results(self, batch: BatchRecord) -> AsyncIterator[bytes]:
-        """Every result line of an ended batch, in chunks of a few thousand lines, in constant memory.
+        """Every result line of an ended batch, in chunks of a few thousand lines (fewer where they are
+        long: a few MB a chunk), in constant memory.
 
         Chunks are read on reader threads ahead of the one being sent. Raises `ResultsChangedError`
         after the last chunk if the lines sent do not number the batch's requests (it was deleted or
         archived meanwhile), so a client sees a broken download, never a silently short one.
         """
         first, last = batch.first_request_id, batch.last_request_id
+        span = result_chunk_ids(batch.succeeded + batch.errored, batch.succeeded_bytes + batch.errored_bytes)
         reads = (
             [
-                functools.partial(self._result_chunk, batch.seq, low, min(low + _RESULT_CHUNK_IDS - 1, last))
-                for low in range(first, last + 1, _RESULT_CHUNK_IDS)
+                functools.partial(self._result_chunk, batch.seq, low, min(low + span - 1, last))
+                for low in range(first, last + 1, span)
             ]
             if first is not None and last is not None
             else []  # archived: no requests left

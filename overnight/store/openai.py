@@ -15,7 +15,7 @@ from typing import IO, Any, TypeVar
 import msgspec
 from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
-from overnight.store.base import Store, UnknownCursorError, _one_batch
+from overnight.store.base import Store, UnknownCursorError, _one_batch, result_chunk_ids
 from overnight.store.records import CANCELED, EXPIRED, IN_PROGRESS, OPENAI, SUCCEEDED, BatchRecord
 from overnight.store.sqlite import page_cache
 from overnight.store.tables import (
@@ -159,14 +159,23 @@ class OpenAIStore:
                         functools.partial(self._chunk_range, record.seq, low, low + _CHUNKS_PER_READ - 1)
                         for low in range(0, count, _CHUNKS_PER_READ)
                     ]
-                first, last = conn.execute(
-                    select(batches.c.first_request_id, batches.c.last_request_id).where(batches.c.seq == batch_seq)
+                first, last, *counted = conn.execute(
+                    select(
+                        batches.c.first_request_id,
+                        batches.c.last_request_id,
+                        *(
+                            (batches.c.succeeded, batches.c.succeeded_bytes)
+                            if kind == "output"
+                            else (batches.c.errored, batches.c.errored_bytes)
+                        ),
+                    ).where(batches.c.seq == batch_seq)
                 ).one()
             if first is None or last is None:
                 return None  # archived
+            span = result_chunk_ids(*counted)
             return record, [
-                functools.partial(self._lines_range, batch_seq, kind, low, min(low + _OUTCOME_CHUNK - 1, last))
-                for low in range(first, last + 1, _OUTCOME_CHUNK)
+                functools.partial(self._lines_range, batch_seq, kind, low, min(low + span - 1, last))
+                for low in range(first, last + 1, span)
             ]
 
         found = await self.store.run_read(locate)

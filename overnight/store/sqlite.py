@@ -29,11 +29,12 @@ from overnight.store.records import Completion, LeasedRequest
 # 2.5 KB: 5 MB, held for good) — one statement per size ever, not one per batch or piece. Bigger
 # statements gained nothing more and cost that memory at the create's peak.
 _INSERT_STATEMENT_ROWS = (2000, 250, 60, 15, 4, 1)
-# ... and at most this many bytes of params, whatever the rows: SQLite copies each value bound and keeps
-# the copies until the statement's next run, so 2,000 requests of 100 KB would bind 200 MB at once (on
-# top of the body), keep it for good, and hold a streamed insert back until 2,000 of them had arrived.
-_INSERT_STATEMENT_BYTES = 8 << 20
 _PARAMS = itemgetter(1)  # of a (custom_id, params) item
+# Whatever their rows, statements bind at most this many bytes of values (params, result lines), unless
+# one value alone is bigger: SQLite copies each value bound and keeps the copies until the statement's
+# next run, so 2,000 requests or results of 100 KB would bind 200 MB at once beside the Python objects,
+# keep it bound on the connection for good, and hold a streamed insert back until 2,000 had arrived.
+_STATEMENT_BYTES = 8 << 20
 
 
 @functools.cache
@@ -87,6 +88,7 @@ _RESULT_CHUNK_SQL = (
 _OUTCOME_STATEMENT_ROWS = (2000, 700, 250, 80, 25, 8)
 _NO_REQUEST = (0, None, 0)
 _OUTCOME_VALUES = attrgetter("request_id", "line", "attempt")
+_LINE = attrgetter("line")
 
 
 @functools.cache
@@ -104,14 +106,28 @@ def _outcome_pieces(state: str, group: Sequence[Completion], owner: str) -> Iter
     """(rows, statement size, parameters) of each statement writing `group`."""
     start = 0
     while start < len(group):
-        size = next(
-            (size for size in reversed(_OUTCOME_STATEMENT_ROWS) if size >= len(group) - start),
-            _OUTCOME_STATEMENT_ROWS[0],
-        )
-        some = group[start : start + size]
-        start += size
+        window = group[start : start + _OUTCOME_STATEMENT_ROWS[0]]
+        lines = list(map(_LINE, window))
+        some = window[: _rows_within(_lengths(lines))]
+        size = next(size for size in reversed(_OUTCOME_STATEMENT_ROWS) if size >= len(some))
+        start += len(some)
         rows = chain.from_iterable(map(_OUTCOME_VALUES, some))
         yield len(some), size, [state, *rows, *_NO_REQUEST * (size - len(some)), owner]
+
+
+def _lengths(lines: Sequence[Any]) -> list[int]:
+    """The lengths of result lines (bytes, or None)."""
+    try:
+        return list(map(len, lines))
+    except TypeError:  # a canceled request has no line
+        return [0 if line is None else len(line) for line in lines]
+
+
+def _rows_within(lengths: Sequence[int]) -> int:
+    """How many of the first values of `lengths` bytes (at least one) add up to `_STATEMENT_BYTES` or less."""
+    if sum(lengths) <= _STATEMENT_BYTES:
+        return len(lengths)
+    return max(1, bisect_right(list(accumulate(lengths)), _STATEMENT_BYTES))
 
 
 class SQLiteStore(Store):
@@ -270,14 +286,13 @@ def _next_request_id(cursor: Any) -> int:
 
 
 def _insert_rows(cursor: Any, seq: int, items: Sequence[tuple[str, Any]], *, full_only: bool = False) -> int:
-    """Insert `items` as pending requests of batch `seq`, in as few statements as the sizes allow, none
-    binding more than `_INSERT_STATEMENT_BYTES` of params (unless one request alone does); return how
-    many were inserted: all of them, or with `full_only` only those up to where a statement would be
-    short of both limits (the rest wait for more)."""
+    """Insert `items` as pending requests of batch `seq`, in as few statements as the sizes and
+    `_STATEMENT_BYTES` allow; return how many were inserted: all of them, or with `full_only` only those
+    up to where a statement would be short of both limits (the rest wait for more)."""
     most = _INSERT_STATEMENT_ROWS[0]
     position = 0
     while position < len(items):
-        fitting = _rows_fitting(items, position, most)
+        fitting = _rows_within(list(map(len, map(_PARAMS, items[position : position + most]))))
         if full_only and fitting < most and position + fitting == len(items):
             break
         size = next(size for size in _INSERT_STATEMENT_ROWS if size <= fitting)
@@ -285,16 +300,6 @@ def _insert_rows(cursor: Any, seq: int, items: Sequence[tuple[str, Any]], *, ful
         cursor.execute(_insert_sql(size), [seq, *chain.from_iterable(rows)])
         position += size
     return position
-
-
-def _rows_fitting(items: Sequence[tuple[str, Any]], position: int, most: int) -> int:
-    """How many of `items` from `position` on (at least one, at most `most`) bind no more than
-    `_INSERT_STATEMENT_BYTES` of params."""
-    window = items[position : position + most]
-    lengths = list(map(len, map(_PARAMS, window)))
-    if sum(lengths) <= _INSERT_STATEMENT_BYTES:
-        return len(window)
-    return max(1, bisect_right(list(accumulate(lengths)), _INSERT_STATEMENT_BYTES))
 
 
 def connect(url: str) -> Engine:

@@ -312,7 +312,7 @@ async def test_an_insert_statement_binds_a_bounded_size_of_params_however_big_th
     # SQLite copies every value bound and keeps the copies until the statement runs again: statements of
     # 2,000 big requests would hold the batch's size twice over. A small limit stands in for the real one.
     limit = 64 * 1024
-    monkeypatch.setattr(sqlite_module, "_INSERT_STATEMENT_BYTES", limit)
+    monkeypatch.setattr(sqlite_module, "_STATEMENT_BYTES", limit)
     sizes = _record_insert_statements(monkeypatch)
 
     def params(i: int, size: int) -> bytes:
@@ -340,7 +340,7 @@ async def test_a_streamed_insert_of_big_requests_stores_them_while_later_ones_st
     # Runs wait until they make a full statement: with big requests that is the bytes limit, not 2,000
     # requests (the whole batch, before this limit: nothing was stored until the body had arrived).
     limit = 64 * 1024
-    monkeypatch.setattr(sqlite_module, "_INSERT_STATEMENT_BYTES", limit)
+    monkeypatch.setattr(sqlite_module, "_STATEMENT_BYTES", limit)
     sizes = _record_insert_statements(monkeypatch)
     items = [(f"r{i}", b'{"model":"m","i":%d,"pad":"%s"}' % (i, b"x" * 10_000)) for i in range(60)]
     feed = ItemFeed(hold_seconds=30)
@@ -396,6 +396,50 @@ async def test_checkpoints_wait_while_writes_keep_coming_and_catch_up_when_they_
     await write("msgbatch_3")
     await store.checkpoint()
     assert database.stat().st_size > second + 4_000_000
+
+
+async def test_result_writes_bind_a_bounded_size_of_lines(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("SQLite's result statements only")
+    limit = 50_000  # stands in for the real limit, as in the insert tests above
+    monkeypatch.setattr(sqlite_module, "_STATEMENT_BYTES", limit)
+    record = await make_batch(store, 40)
+    leased = await store.lease_requests([(record.seq, 40)], owner="me", lease_until=FAR_FUTURE)
+    lines = {item.id: b'{"custom_id":"%s","pad":"%s"}\n' % (item.custom_id.encode(), b"x" * 9_000) for item in leased}
+    done = [Completion(item.id, item.batch_seq, item.attempt, SUCCEEDED, lines[item.id]) for item in leased]
+    pieces = list(sqlite_module._outcome_pieces(SUCCEEDED, done, "me"))
+    assert [rows for rows, _, _ in pieces] == [5] * 8  # six lines would bind 54 KB
+    assert all(sum(len(value) for value in values if isinstance(value, bytes)) <= limit for _, _, values in pieces)
+    written = await store.complete_requests(done, owner="me", now=5)
+    assert len(written.written) == 40
+    ended = await store.get_batch("w", record.id)
+    assert ended is not None and ended.status == ENDED
+    assert await all_results(store, record.id) == b"".join(lines[request_id] for request_id in sorted(lines))
+
+
+async def test_long_result_lines_are_read_in_chunks_of_a_bounded_size(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A few chunks are in memory at once: spans of 5,000 ids would hold every line of this batch at once
+    # (before chunks were sized by the batch's line bytes: 60 KB lines, 300 MB). A small size stands in.
+    # Short lines (400 bytes) keep the usual span, and so does a batch with no lines yet.
+    assert store_module.result_chunk_ids(100_000, 40_000_000) == store_module._RESULT_CHUNK_IDS
+    assert store_module.result_chunk_ids(0, 0) == store_module._RESULT_CHUNK_IDS
+    limit = 50_000
+    monkeypatch.setattr(store_module, "_RESULT_CHUNK_BYTES", limit)
+    record = await make_batch(store, 40)
+    leased = await store.lease_requests([(record.seq, 40)], owner="me", lease_until=FAR_FUTURE)
+    lines = {item.id: b'{"custom_id":"%s","pad":"%s"}\n' % (item.custom_id.encode(), b"x" * 9_000) for item in leased}
+    done = [Completion(item.id, item.batch_seq, item.attempt, SUCCEEDED, lines[item.id]) for item in leased]
+    await store.complete_requests(done[:30], owner="me", now=5)
+    await store.complete_requests(
+        [Completion(d.request_id, d.batch_seq, d.attempt, ERRORED, d.line) for d in done[30:]], owner="me", now=5
+    )
+    ended = await store.get_batch("w", record.id)
+    assert ended is not None and ended.status == ENDED
+    chunks = [chunk async for chunk in store.stream_results(ended)]
+    assert b"".join(chunks) == b"".join(lines[request_id] for request_id in sorted(lines))
+    assert len(chunks) == 8 and all(len(chunk) <= limit for chunk in chunks)  # 5 lines each
 
 
 async def test_results_deleted_while_streaming_end_in_an_error_not_a_short_stream(
