@@ -40,8 +40,12 @@ from overnight.timestamps import MICROS, now_micros
 logger = logging.getLogger(__name__)
 
 _FLUSH_SIZE = 1000
+_FLUSH_BYTES = 8 << 20  # ... or fewer results, once their lines take this much
 _FLUSH_INTERVAL_SECONDS = 0.05  # results become visible (and batches end) this soon at the latest
+# Workers wait while this many results, or about this many bytes of their lines, are not yet written
+# (the database is slow or away): with long lines a count alone would let them hold gigabytes.
 _MAX_UNWRITTEN = 20_000
+_MAX_UNWRITTEN_BYTES = 64 << 20
 _MAX_BATCHES_PER_ROUND = 64
 # The buffer holds at most this many requests, and about this many bytes of their params.
 _MAX_BUFFER = 32768
@@ -83,6 +87,7 @@ class Scheduler:
         self._buffer: PrefixQueue[LeasedRequest | None] = PrefixQueue(_buffer_key, _buffer_owner)
         self._held: dict[int, LeasedRequest] = {}  # leased by us and not yet written back
         self._unwritten: list[Completion] = []
+        self._unwritten_bytes = 0  # of their lines
         self._batch_status: dict[int, str] = {}  # status of every batch that has not ended
         self._batch_betas: dict[int, list[str]] = {}  # `anthropic-beta` features of those that have some
         self._batch_codecs: dict[int, BatchCodec] = {}  # codecs of those not in the Anthropic format
@@ -298,7 +303,7 @@ class Scheduler:
                 return
             if self._pending_seen and self._buffer.qsize() < self._refill_below:
                 self._wake.set()
-            while len(self._unwritten) >= _MAX_UNWRITTEN:
+            while len(self._unwritten) >= _MAX_UNWRITTEN or self._unwritten_bytes >= _MAX_UNWRITTEN_BYTES:
                 await asyncio.sleep(_FLUSH_INTERVAL_SECONDS)
             self.metrics.requests_running += 1
             try:
@@ -312,6 +317,11 @@ class Scheduler:
                 if not self._unwritten:
                     self._has_unwritten.set()
                 self._unwritten.append(completion)
+                if completion.line is not None:
+                    before = self._unwritten_bytes
+                    self._unwritten_bytes += len(completion.line)
+                    if before < _FLUSH_BYTES <= self._unwritten_bytes:
+                        self._flush_now.set()
                 if len(self._unwritten) == _FLUSH_SIZE:
                     self._flush_now.set()
 
@@ -392,11 +402,13 @@ class Scheduler:
         if not self._unwritten:
             return
         group, self._unwritten = self._unwritten, []
+        group_bytes, self._unwritten_bytes = self._unwritten_bytes, 0
         try:
             completed = await self.store.complete_requests(group, owner=self.owner, now=now_micros())
         except Exception:
             logger.exception("writing %d results failed; retrying", len(group))
             self._unwritten[:0] = group
+            self._unwritten_bytes += group_bytes
             await asyncio.sleep(0.5)
             return
         for completion in group:
