@@ -9,7 +9,6 @@ requests reach it, one at a time, as a model instance would take them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,14 +19,12 @@ import pytest
 
 from overnight import ids
 from overnight.backends.fake import reply_to
-from overnight.backends.routing import Router
-from overnight.engine import Scheduler
-from overnight.engine.calls import BackendCaller, RetryPolicy
 from overnight.engine.prefix import DEFAULT_MAX_OVERTAKES, PrefixQueue, prefix_key
 from overnight.protocol.messages import MessageCreateParams, text_of
 from overnight.protocol.results import Message
 from overnight.store import Store, open_store
 from overnight.timestamps import now_micros
+from tests.engine.helpers import running
 
 SYSTEMS = {name: f"You are assistant {name}. " + "Follow the house rules. " * 50 for name in "ABCD"}
 
@@ -82,24 +79,6 @@ async def insert(store: Store, workspace: str, items: list[tuple[str, bytes]]) -
         items=[(custom_id, msgspec.Raw(params)) for custom_id, params in items],
     )
     return record.seq
-
-
-@contextlib.asynccontextmanager
-async def running(store: Store, backend: OrderRecordingBackend, *, concurrency: int) -> AsyncIterator[Scheduler]:
-    caller = BackendCaller(Router.single(backend), RetryPolicy(), default_limit=concurrency)
-    scheduler = Scheduler(
-        store,
-        caller,
-        concurrency=concurrency,
-        lease_seconds=60,
-        sweep_interval_seconds=1,
-        results_retention_seconds=3600,
-    )
-    await scheduler.start()
-    try:
-        yield scheduler
-    finally:
-        await scheduler.stop()
 
 
 async def sent(backend: OrderRecordingBackend, count: int) -> None:

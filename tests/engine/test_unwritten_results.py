@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from overnight.backends.fake import FakeBackend
-from overnight.backends.routing import Router
 from overnight.engine import scheduler as scheduler_module
-from overnight.engine.calls import BackendCaller, RetryPolicy
-from overnight.engine.scheduler import Scheduler
 from overnight.store import Completed, Completion, open_store
+from tests.engine.helpers import running
 
 COUNT = 300
 CONCURRENCY = 4
@@ -44,24 +42,12 @@ async def test_unwritten_results_are_bounded_in_bytes(tmp_path: Path, monkeypatc
     params = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": TEXT}]}
     items = [(f"r{i}", json.dumps(params).encode()) for i in range(COUNT)]
     batch = await store.insert_batch(batch_id="msgbatch_u", workspace="w", created_at=1, expires_at=2**60, items=items)
-    caller = BackendCaller(Router([("*", FakeBackend())]), RetryPolicy(), default_limit=CONCURRENCY)
-    scheduler = Scheduler(
-        store,
-        caller,
-        concurrency=CONCURRENCY,
-        lease_seconds=60,
-        sweep_interval_seconds=1,
-        results_retention_seconds=60,
-    )
-    await scheduler.start()
-    try:
+    async with running(store, FakeBackend(), concurrency=CONCURRENCY):
         deadline = time.monotonic() + 60
         while (record := await store.get_batch("w", batch.id)) is not None and record.status != "ended":
             assert time.monotonic() < deadline, record
             await asyncio.sleep(0.05)
-    finally:
-        await scheduler.stop()
-        store.close()
+    store.close()
     assert record is not None and record.succeeded == COUNT
     line = record.succeeded_bytes // COUNT  # about 10 KB
     # At most the limit, and one more line from each worker that was already running when it was reached.

@@ -281,6 +281,17 @@ async def test_a_big_insert_runs_on_a_small_page_cache_and_gives_the_cache_back(
     assert sorted(request.custom_id for request in leased) == sorted(f"r{i}" for i in range(2 * statement_rows))
 
 
+@pytest.fixture
+def statement_limit(store: Store, monkeypatch: pytest.MonkeyPatch) -> int:
+    """A small `_STATEMENT_BYTES` for the SQLite store, standing in for the real one. SQLite copies every
+    value bound and keeps the copies until the statement runs again: statements of 2,000 big requests or
+    results would hold the batch's size twice over (PostgreSQL's statements keep nothing alike)."""
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("SQLite's statements only")
+    monkeypatch.setattr(sqlite_module, "_STATEMENT_BYTES", 64 * 1024)
+    return 64 * 1024
+
+
 def _record_insert_statements(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The row counts of the INSERT statements the SQLite store runs from now on, in order."""
     sizes: list[int] = []
@@ -305,14 +316,9 @@ def _bound_bytes(sizes: list[int], items: list[tuple[str, bytes]]) -> list[int]:
 
 
 async def test_an_insert_statement_binds_a_bounded_size_of_params_however_big_the_requests(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, statement_limit: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not isinstance(store, SQLiteStore):
-        pytest.skip("SQLite's insert statements only")
-    # SQLite copies every value bound and keeps the copies until the statement runs again: statements of
-    # 2,000 big requests would hold the batch's size twice over. A small limit stands in for the real one.
-    limit = 64 * 1024
-    monkeypatch.setattr(sqlite_module, "_STATEMENT_BYTES", limit)
+    limit = statement_limit
     sizes = _record_insert_statements(monkeypatch)
 
     def params(i: int, size: int) -> bytes:
@@ -333,14 +339,11 @@ async def test_an_insert_statement_binds_a_bounded_size_of_params_however_big_th
 
 
 async def test_a_streamed_insert_of_big_requests_stores_them_while_later_ones_still_come(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, statement_limit: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not isinstance(store, SQLiteStore):
-        pytest.skip("SQLite's insert statements only")
     # Runs wait until they make a full statement: with big requests that is the bytes limit, not 2,000
     # requests (the whole batch, before this limit: nothing was stored until the body had arrived).
-    limit = 64 * 1024
-    monkeypatch.setattr(sqlite_module, "_STATEMENT_BYTES", limit)
+    limit = statement_limit
     sizes = _record_insert_statements(monkeypatch)
     items = [(f"r{i}", b'{"model":"m","i":%d,"pad":"%s"}' % (i, b"x" * 10_000)) for i in range(60)]
     feed = ItemFeed(hold_seconds=30)
@@ -398,17 +401,14 @@ async def test_checkpoints_wait_while_writes_keep_coming_and_catch_up_when_they_
     assert database.stat().st_size > second + 4_000_000
 
 
-async def test_result_writes_bind_a_bounded_size_of_lines(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not isinstance(store, SQLiteStore):
-        pytest.skip("SQLite's result statements only")
-    limit = 50_000  # stands in for the real limit, as in the insert tests above
-    monkeypatch.setattr(sqlite_module, "_STATEMENT_BYTES", limit)
+async def test_result_writes_bind_a_bounded_size_of_lines(store: Store, statement_limit: int) -> None:
+    limit = statement_limit
     record = await make_batch(store, 40)
     leased = await store.lease_requests([(record.seq, 40)], owner="me", lease_until=FAR_FUTURE)
     lines = {item.id: b'{"custom_id":"%s","pad":"%s"}\n' % (item.custom_id.encode(), b"x" * 9_000) for item in leased}
     done = [Completion(item.id, item.batch_seq, item.attempt, SUCCEEDED, lines[item.id]) for item in leased]
     pieces = list(sqlite_module._outcome_pieces(SUCCEEDED, done, "me"))
-    assert [rows for rows, _, _ in pieces] == [5] * 8  # six lines would bind 54 KB
+    assert [rows for rows, _, _ in pieces] == [7, 7, 7, 7, 7, 5]  # eight lines would bind 72 KB
     assert all(sum(len(value) for value in values if isinstance(value, bytes)) <= limit for _, _, values in pieces)
     written = await store.complete_requests(done, owner="me", now=5)
     assert len(written.written) == 40
