@@ -24,11 +24,12 @@ from overnight.store.records import Completion, LeasedRequest
 # loop busy, retaking it can wait a whole switch interval (5 ms) each time.
 # Inserts bind up to 2,000 rows per statement (a 250 MB create: 50 statements): a create that stores
 # while its body arrives shares the GIL with the event loop decoding the next pieces, and half as many
-# statements wait half as often to take it back. Only these few sizes: the sqlite3 module caches each
+# statements wait half as often to take it back. Only these sizes: the sqlite3 module caches each
 # statement, and a cached statement keeps SQLite's copy of the values last bound to it (2,000 params of
 # 2.5 KB: 5 MB, held for good) — one statement per size ever, not one per batch or piece. Bigger
-# statements gained nothing more and cost that memory at the create's peak.
-_INSERT_STATEMENT_ROWS = (2000, 250, 60, 15, 4, 1)
+# statements gained nothing more and cost that memory at the create's peak. Each size about half the
+# one before, so that requests too long for 2,000 to a statement still fill most of one (see below).
+_INSERT_STATEMENT_ROWS = (2000, 1000, 500, 250, 125, 60, 30, 15, 8, 4, 2, 1)
 _PARAMS = itemgetter(1)  # of a (custom_id, params) item
 # Whatever their rows, statements bind at most this many bytes of values (params, result lines), unless
 # one value alone is bigger: SQLite copies each value bound and keeps the copies until the statement's
