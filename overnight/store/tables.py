@@ -60,7 +60,8 @@ batches = Table(
     # The wire format its requests and result lines are in (`anthropic`, `openai`): picks the codec.
     Column("format", String(16), nullable=False, server_default="anthropic"),
     # Bytes of the succeeded and errored result lines stored, summed in the same transaction that
-    # stores them: an OpenAI batch's output and error files are sized from these, not by a scan.
+    # stores them: an OpenAI batch's output and error files are sized from these, not by a scan, and a
+    # download's chunks span fewer requests where the lines are long.
     Column("succeeded_bytes", BigInteger, nullable=False, server_default="0"),
     Column("errored_bytes", BigInteger, nullable=False, server_default="0"),
     Index("ix_batches_workspace_seq", "workspace", "seq"),
