@@ -1,4 +1,5 @@
-"""Periodic housekeeping: expire batches, archive old results, recover lapsed leases, checkpoint."""
+"""Periodic housekeeping: expire batches, archive old results, recover lapsed leases, checkpoint, and
+give memory back once the work is done."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import logging
 from collections.abc import Awaitable
 from typing import Protocol
 
+from overnight import memory
 from overnight.metrics import NO_BACKEND, Metrics
 from overnight.store import Store, StoreUnavailableError
 from overnight.store.records import EXPIRED, ActiveBatches
 from overnight.timestamps import now_micros
 
 logger = logging.getLogger(__name__)
+
+# With no batch unfinished, memory is given back once the process has grown this much since it last was.
+_RELEASE_AFTER_GROWTH_BYTES = 64 << 20
 
 
 class SweepListener(Protocol):
@@ -48,6 +53,7 @@ class Sweeper:
         self.interval_seconds = interval_seconds
         self.retention_micros = retention_micros
         self._poked = asyncio.Event()
+        self._resident_after_release: int | None = None
 
     def poke(self) -> None:
         """Batches were created or canceled elsewhere: refresh the scheduler's view now."""
@@ -81,6 +87,22 @@ class Sweeper:
             if self.listener is not None:
                 self.listener.wake()
         await self.store.checkpoint()
+        if not active.seqs:
+            await self.release_memory()
+
+    async def release_memory(self) -> None:
+        """Nothing is left to run: give back what a burst of work left behind (a big create, run or
+        download leaves hundreds of MB that are free but still resident): the store's caches, then the
+        heap's free pages. Only after the process has grown since it last did, so an idle node does
+        nothing at all."""
+        resident = memory.resident_bytes()
+        last = self._resident_after_release
+        if resident is None or (last is not None and resident < last + _RELEASE_AFTER_GROWTH_BYTES):
+            return
+        await self.store.release_memory()
+        await asyncio.to_thread(memory.trim_heap)
+        self._resident_after_release = memory.resident_bytes() or resident
+        logger.debug("gave memory back: %d MiB resident, now %d", resident >> 20, self._resident_after_release >> 20)
 
     async def refresh(self) -> ActiveBatches:
         """Read the unfinished batches and hand them to the scheduler."""

@@ -226,6 +226,9 @@ class Store:
     async def checkpoint(self) -> None:
         """Housekeeping of the database's own files, where it needs any (SQLite's WAL)."""
 
+    async def release_memory(self) -> None:
+        """Free what the store keeps in this process only to be faster (asked while nothing runs)."""
+
     def subscribe(self, on_change: Callable[[], None]) -> None:
         """Call `on_change` (from any thread) soon after another node creates or cancels a batch.
 

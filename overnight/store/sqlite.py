@@ -167,6 +167,13 @@ class SQLiteStore(Store):
         self._checkpointed_at = now
         await asyncio.get_running_loop().run_in_executor(self._checkpointer, self._checkpoint)
 
+    async def release_memory(self) -> None:
+        # Each pooled connection keeps its page cache (up to _CACHE_KIB) and its cached statements keep
+        # the values last bound to them (up to _STATEMENT_BYTES each): closing the idle connections frees
+        # both, and the next call opens a fresh one. Beside the checkpoints: the last connection to close
+        # checkpoints the WAL.
+        await asyncio.get_running_loop().run_in_executor(self._checkpointer, self.engine.dispose)
+
     def _checkpoint(self) -> None:
         """Copy committed WAL pages into the database file, beside writers, never blocking them."""
         with self.engine.connect() as conn:

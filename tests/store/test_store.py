@@ -253,6 +253,24 @@ async def test_checkpoint_moves_every_committed_page_into_the_database_file(stor
         assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == 8192
 
 
+async def test_releasing_memory_closes_the_idle_connections_and_the_store_carries_on(store: Store) -> None:
+    record = await make_batch(store, 20)
+    leased = await store.lease_requests([(record.seq, 5)], owner="me", lease_until=FAR_FUTURE)
+    if isinstance(store, SQLiteStore):
+        assert store.engine.pool.checkedin() > 0  # type: ignore[attr-defined]
+    await store.release_memory()
+    if isinstance(store, SQLiteStore):
+        # Their page caches and cached statements (with the values last bound to them) went with them.
+        assert store.engine.pool.checkedin() == 0  # type: ignore[attr-defined]
+    await store.complete_requests(
+        [Completion(i.id, i.batch_seq, i.attempt, SUCCEEDED, b"ok\n") for i in leased], owner="me", now=5
+    )
+    rest = await store.lease_requests([(record.seq, 20)], owner="me", lease_until=FAR_FUTURE)
+    assert len(rest) == 15
+    after = await store.get_batch("w", record.id)
+    assert after is not None and (after.succeeded, after.processing) == (5, 15)
+
+
 async def test_a_big_insert_runs_on_a_small_page_cache_and_gives_the_cache_back(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
