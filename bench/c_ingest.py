@@ -45,7 +45,7 @@ from overnight.timestamps import now_micros
 KEY = "c"
 TITLE = "ingest"
 MAX_TIME_RATIO = 1.3
-MAX_MEMORY_RATIO = 2.0
+MAX_MEMORY_RATIO = 1.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
