@@ -16,8 +16,11 @@ from overnight.timestamps import now_micros
 
 logger = logging.getLogger(__name__)
 
-# With no batch unfinished, memory is given back once the process has grown this much since it last was.
+# With no batch unfinished, memory is given back once the process has grown this much since it last was,
+# and has stopped growing (by more than the second figure since the last sweep): a create or a download
+# still under way would only take it again.
 _RELEASE_AFTER_GROWTH_BYTES = 64 << 20
+_STILL_GROWING_BYTES = 8 << 20
 
 
 class SweepListener(Protocol):
@@ -54,6 +57,7 @@ class Sweeper:
         self.retention_micros = retention_micros
         self._poked = asyncio.Event()
         self._resident_after_release: int | None = None
+        self._resident_seen: int | None = None
 
     def poke(self) -> None:
         """Batches were created or canceled elsewhere: refresh the scheduler's view now."""
@@ -93,11 +97,16 @@ class Sweeper:
     async def release_memory(self) -> None:
         """Nothing is left to run: give back what a burst of work left behind (a big create, run or
         download leaves hundreds of MB that are free but still resident): the store's caches, then the
-        heap's free pages. Only after the process has grown since it last did, so an idle node does
-        nothing at all."""
+        heap's free pages. Only once the process has grown since it last did and stopped growing, so an
+        idle node does nothing at all."""
         resident = memory.resident_bytes()
+        seen, self._resident_seen = self._resident_seen, resident
         last = self._resident_after_release
-        if resident is None or (last is not None and resident < last + _RELEASE_AFTER_GROWTH_BYTES):
+        if resident is None:
+            return
+        if last is not None and (
+            resident < last + _RELEASE_AFTER_GROWTH_BYTES or seen is None or resident > seen + _STILL_GROWING_BYTES
+        ):
             return
         await self.store.release_memory()
         await asyncio.to_thread(memory.trim_heap)
