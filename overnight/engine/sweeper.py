@@ -17,8 +17,8 @@ from overnight.timestamps import now_micros
 logger = logging.getLogger(__name__)
 
 # With no batch unfinished, memory is given back once the process has grown this much since it last was,
-# and has stopped growing (by more than the second figure since the last sweep): a create or a download
-# still under way would only take it again.
+# and has stopped growing (by no more than the second figure since the last sweep that found no batch
+# unfinished): a create or a download still under way would only take it again.
 _RELEASE_AFTER_GROWTH_BYTES = 64 << 20
 _STILL_GROWING_BYTES = 8 << 20
 

@@ -125,7 +125,7 @@ def test_a_long_openai_output_file_streams_in_bounded_memory(server: ServerProce
 def test_memory_is_given_back_once_no_batch_is_left_to_run(tmp_path: Path) -> None:
     """Once no batch is left to run, the sweeper gives back what the work left resident (SQLite's caches,
     free heap pages). Before, the server stayed at its peak for good (here 462 MiB after this test's
-    batch and download, 75 fresh); now it falls to less than halfway between (168)."""
+    batch and download, 75 fresh); now it falls to less than halfway between (measured 125-149 MiB)."""
     proc = start_server(tmp_path / "server")
     try:
         fresh = _status_kib(proc, "VmRSS")
