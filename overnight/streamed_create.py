@@ -10,6 +10,11 @@ transaction must not wait on a slow client: it waits for the body at most the st
 and the batch is inserted whole once its body is complete — as a slow client's always is. All or
 nothing, and every error (bad body, duplicate custom_id, too many requests, too large, too slow, gone)
 reads as it does for a body read whole.
+
+Where the store hands back what an undone insert had taken (`Store.streamed_insert_reads_back`), the
+create lets go of each piece of the body once handed over: a big create holds the pieces on their way
+to the store, not the whole body, and reuses their memory instead of growing by the body's size.
+Elsewhere the body is kept until the commit, for the insert whole after an undo.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from overnight import ids
 from overnight.config import Settings
-from overnight.protocol.create_stream import PIECE_BYTES, CreateBodyStream, Item, most_requests
+from overnight.protocol.create_stream import CreateBodyStream, Item, most_requests
 from overnight.store import BatchRecord, Store
 from overnight.store.feed import ItemFeed, StreamedInsertUndoneError
 from overnight.timestamps import MICROS, now_micros
@@ -29,9 +34,9 @@ from overnight.timestamps import MICROS, now_micros
 logger = logging.getLogger(__name__)
 
 _START_WITHIN_SECONDS = 2.0
-# Where the store limits the pause between runs, stream only bodies that arrive at least this many
-# pieces per pause at the rate seen so far.
-_PIECES_PER_PAUSE = 2
+# Where the store limits the pause between runs (it holds a lock meanwhile), stream only bodies that
+# arrive at least this much per pause at the rate seen so far: many pieces per pause.
+_BYTES_PER_PAUSE = 16 << 20
 
 
 class StreamedCreate:
@@ -52,6 +57,7 @@ class StreamedCreate:
         insert: asyncio.Future[BatchRecord] | None = None
         sent = received = 0
         began = time.monotonic()
+        release = self.store.streamed_insert_reads_back
         try:
             async for chunk in chunks:
                 received += len(chunk)
@@ -62,22 +68,27 @@ class StreamedCreate:
                     insert = self._insert_streamed(feed)
                 if feed is not None:
                     feed.put(stream.items[sent:])
+                    if release:
+                        stream.release()
                     sent = len(stream.items)
             items = stream.finish()
         except BaseException:
             if feed is not None and insert is not None:
-                feed.abort()  # the store thread rolls back
-                await asyncio.wait([insert])
-                if not insert.cancelled():
-                    insert.exception()  # retrieved: the abort, or a failure this create's error replaces
+                await _abandon(feed, insert)
             raise
         if feed is not None and insert is not None:
+            if stream.replaced:  # a later "requests" key: the requests handed over are not the batch's
+                await _abandon(feed, insert)
+                return await self._insert_all(items)
             feed.put(items[sent:])
             feed.end()
             try:
                 return await insert
             except StreamedInsertUndoneError as exc:
                 logger.info("batch %s: streamed insert rolled back (%s); inserting it whole", self._batch_id, exc)
+                if stream.released:
+                    assert exc.taken is not None, "a store that reads back hands back what it took"
+                    items = [*exc.taken, *feed.untaken()]
         return await self._insert_all(items)
 
     def _rest_arrives_soon(self, received: int, elapsed: float) -> bool:
@@ -86,7 +97,7 @@ class StreamedCreate:
         if not self.store.can_stream_insert():
             return False  # none may start now (all under way, or the store has none): inserted once arrived
         pause = self.store.streamed_insert_pause_seconds
-        if pause is not None and received * pause < _PIECES_PER_PAUSE * PIECE_BYTES * elapsed:
+        if pause is not None and received * pause < _BYTES_PER_PAUSE * elapsed:
             return False  # its pieces would come further apart than the store lets its insert wait
         remaining = self.declared_length - received
         return remaining <= 0 or remaining * elapsed <= _START_WITHIN_SECONDS * received
@@ -122,3 +133,11 @@ class StreamedCreate:
 
     def _expires_at(self, created_at: int) -> int:
         return created_at + int(self.settings.batch_ttl_seconds * MICROS)
+
+
+async def _abandon(feed: ItemFeed, insert: asyncio.Future[BatchRecord]) -> None:
+    """Have the streamed insert roll back, and wait until it has."""
+    feed.abort()
+    await asyncio.wait([insert])
+    if not insert.cancelled():
+        insert.exception()  # retrieved: the abort, or a failure the caller's outcome replaces

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from itertools import chain
 from typing import Annotated, Any
 
 import msgspec
@@ -37,25 +39,35 @@ def decode_create_body(body: bytes | bytearray, *, max_requests: int) -> list[tu
     which the store writes as they are (they support the buffer protocol).
     """
     decoded = decode_json(_decode_create, body)
-    count = len(decoded.requests)
+    items = [(request.custom_id, request.params) for request in decoded.requests]
+    check_requests(items, max_requests=max_requests)
+    return items
+
+
+def check_requests(items: Sequence[tuple[str, msgspec.Raw]], *, max_requests: int, earlier: Sequence[str] = ()) -> None:
+    """The envelope's rules for a batch's decoded requests: `InvalidRequestError` for the first one broken.
+
+    `items` may follow requests checked already (`earlier`: their custom_ids, in order, unique, each
+    with object params); the error then reads as it would for the whole list.
+    """
+    count = len(earlier) + len(items)
     if count == 0:
         raise InvalidRequestError("requests: must contain at least one request")
     if count > max_requests:
         raise InvalidRequestError(f"requests: a batch holds at most {max_requests} requests, got {count}")
-    items = [(request.custom_id, request.params) for request in decoded.requests]
-    if len({custom_id for custom_id, _ in items}) != count:
-        raise InvalidRequestError(_duplicate_custom_id(items))
-    for index, (_, params) in enumerate(items):
+    custom_ids = [custom_id for custom_id, _ in items]
+    if len(set(chain(earlier, custom_ids))) != count:
+        raise InvalidRequestError(_duplicate_custom_id(chain(earlier, custom_ids)))
+    for index, (_, params) in enumerate(items, len(earlier)):
         # Raw spans exactly the value, so an object starts with `{`. The view is dropped at once: kept,
         # 100,000 tracked memoryviews would cost more in garbage collection than the whole check.
         if memoryview(params)[0] != _OPEN_BRACE:
             raise InvalidRequestError(f"requests.{index}.params: must be an object")
-    return items
 
 
-def _duplicate_custom_id(items: list[tuple[str, msgspec.Raw]]) -> str:
+def _duplicate_custom_id(custom_ids: Iterable[str]) -> str:
     seen: dict[str, int] = {}
-    for index, (custom_id, _) in enumerate(items):
+    for index, custom_id in enumerate(custom_ids):
         if custom_id in seen:
             return f"requests.{index}.custom_id: {custom_id!r} is not unique (also at requests.{seen[custom_id]})"
         seen[custom_id] = index

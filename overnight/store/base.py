@@ -175,6 +175,10 @@ class Store:
     streamed_insert_pause_seconds: ClassVar[float | None] = None
     """How long it may wait for each next run of requests (None: only the hold applies)."""
 
+    streamed_insert_reads_back: ClassVar[bool] = False
+    """Whether a streamed insert that is undone hands back the requests it had taken
+    (`StreamedInsertUndoneError.taken`): then its caller need not keep them until the commit."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = ThreadPoolExecutor(self._writer_threads, thread_name_prefix="store-write")

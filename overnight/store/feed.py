@@ -20,6 +20,10 @@ class StreamedInsertUndoneError(Exception):
     slowly to keep a transaction open for it, or the transaction lost a race): insert the batch whole
     once its body has arrived."""
 
+    taken: list[tuple[str, Any]] | None = None
+    """The requests the insert had taken from its feed, in order, read back before rolling back (where
+    the store can: `Store.streamed_insert_reads_back`); the rest are still in the feed (`untaken`)."""
+
 
 class ItemFeed:
     """A one-way, thread-safe queue of (custom_id, params) runs, ended or aborted exactly once.
@@ -66,6 +70,17 @@ class ItemFeed:
         if items is _ABORT:
             raise FeedAbortedError
         return None if items is _END else items
+
+    def untaken(self) -> list[tuple[str, Any]]:
+        """The requests put and never taken, in order (once the taker has given up)."""
+        left: list[tuple[str, Any]] = []
+        while True:
+            try:
+                items = self._queue.get_nowait()
+            except queue.Empty:
+                return left
+            if items is not _END and items is not _ABORT:
+                left += items
 
     def runs(self, deadline: float, max_requests: int) -> Iterator[Sequence[tuple[str, Any]]]:
         """Each run (`take`) until the end: at least one request in all, and at most `max_requests`

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Connection, Engine, create_engine, event
 
 from overnight.store.base import Store, writes
-from overnight.store.feed import ItemFeed
+from overnight.store.feed import ItemFeed, StreamedInsertUndoneError
 from overnight.store.records import Completion, LeasedRequest
 
 # Writes go as one statement per few hundred rows, never one per row: each statement releases the GIL
@@ -141,6 +141,9 @@ class SQLiteStore(Store):
     streamed_inserts: ClassVar[int] = 1
     streamed_insert_hold_seconds: ClassVar[float] = 3.0
     streamed_insert_pause_seconds: ClassVar[float | None] = 0.5
+    # Its transaction can read its own rows back before rolling back, so the create keeps no request it
+    # has handed over: a big create's memory is the pieces on their way, not the whole body.
+    streamed_insert_reads_back: ClassVar[bool] = True
 
     def __init__(self, url: str) -> None:
         # One writer thread: SQLite serialises writers anyway, and the engine's lease-then-complete
@@ -202,9 +205,13 @@ class SQLiteStore(Store):
         # Rows short of a full statement wait for the next run: full statements while runs come, and the
         # few smaller ones only for the last rows.
         waiting: Sequence[tuple[str, Any]] = ()
-        for items in runs:
-            run = [*waiting, *items] if waiting else items
-            waiting = run[_insert_rows(cursor, seq, run, full_only=True) :]
+        try:
+            for items in runs:
+                run = [*waiting, *items] if waiting else items
+                waiting = run[_insert_rows(cursor, seq, run, full_only=True) :]
+        except StreamedInsertUndoneError:
+            _insert_rows(cursor, seq, waiting)  # so that what was taken is all read back
+            raise
         _insert_rows(cursor, seq, waiting)
         count = _next_request_id(cursor) - first_id  # the write lock held: the ids are exactly these
         return (count, first_id, first_id + count - 1) if count else (0, None, None)
@@ -212,8 +219,15 @@ class SQLiteStore(Store):
     def _insert_streamed_requests(
         self, conn: Connection, seq: int, feed: ItemFeed, deadline: float, max_requests: int
     ) -> tuple[int, int]:
-        with page_cache(self._driver_cursor(conn), kib=_INSERT_CACHE_KIB):
-            _, first_id, last_id = self._insert_request_runs(conn, seq, feed.runs(deadline, max_requests))
+        cursor = self._driver_cursor(conn)
+        try:
+            with page_cache(cursor, kib=_INSERT_CACHE_KIB):
+                _, first_id, last_id = self._insert_request_runs(conn, seq, feed.runs(deadline, max_requests))
+        except StreamedInsertUndoneError as exc:
+            # Rolled back next: hand back what was taken, which the create no longer holds.
+            cursor.execute("SELECT custom_id, params FROM requests WHERE batch_seq = ? ORDER BY id", (seq,))
+            exc.taken = cursor.fetchall()
+            raise
         assert first_id is not None and last_id is not None  # `runs` gives at least one request
         return first_id, last_id
 

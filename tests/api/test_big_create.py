@@ -100,6 +100,14 @@ def _wait_ended(raw: httpx.Client, batch_id: str) -> dict:
     raise AssertionError(f"batch {batch_id} did not end")
 
 
+def _assert_results_in_order(raw: httpx.Client, batch_id: str, prefix: str, count: int) -> None:
+    """Each request's result, in the body's order, answering that request's own text."""
+    lines = [json.loads(line) for line in raw.get(f"{BATCHES}/{batch_id}/results").text.splitlines()]
+    assert [line["custom_id"] for line in lines] == [f"{prefix}-{i}" for i in range(count)]
+    for i, line in enumerate(lines):
+        assert line["result"]["message"]["content"][0]["text"].startswith(f"{i} lorem"), line
+
+
 def test_big_create_stores_every_request_in_order(server: ServerProcess, raw: httpx.Client) -> None:
     streamed = _streamed_batches(server)
     status, batch = _post(server, _body())
@@ -239,6 +247,8 @@ def test_stalling_client_does_not_hold_up_other_creates(server: ServerProcess, r
     assert status == 200, batch
     assert batch["request_counts"]["processing"] == COUNT
     assert _wait_ended(raw, batch["id"])["request_counts"]["succeeded"] == COUNT
+    # Stored whole after the rollback: on SQLite from the rows read back and the rest of the body.
+    _assert_results_in_order(raw, batch["id"], "slow", COUNT)
 
 
 def test_body_that_stalls_longer_than_a_transaction_may_wait_is_stored_whole(
@@ -252,6 +262,24 @@ def test_body_that_stalls_longer_than_a_transaction_may_wait_is_stored_whole(
     assert batch["request_counts"]["processing"] == COUNT
     assert _wait_ended(raw, batch["id"])["request_counts"]["succeeded"] == COUNT
     assert "streamed insert rolled back" in server.stderr_path.read_text(errors="replace")
+    _assert_results_in_order(raw, batch["id"], "held", COUNT)
+
+
+def test_a_later_requests_key_replaces_the_streamed_ones(server: ServerProcess, raw: httpx.Client) -> None:
+    # JSON's last key wins, as when the body is decoded whole: the requests already stored are dropped.
+    streamed = _streamed_batches(server)
+    body = (
+        _body(prefix="first")[:-1]
+        + b',"requests":'
+        + json.dumps(json.loads(_body(count=3, prefix="later"))["requests"]).encode()
+        + b"}"
+    )
+    status, batch = _post(server, body)
+    assert status == 200, batch
+    assert _streamed_batches(server) == streamed + 1
+    assert batch["request_counts"]["processing"] == 3
+    assert _wait_ended(raw, batch["id"])["request_counts"]["succeeded"] == 3
+    _assert_results_in_order(raw, batch["id"], "later", 3)
 
 
 @pytest.fixture(scope="module")

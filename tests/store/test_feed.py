@@ -88,3 +88,14 @@ def test_runs_hold_at_least_one_request_and_no_more_than_announced() -> None:
     feed.end()
     with pytest.raises(RuntimeError, match="without requests"):
         list(feed.runs(_deadline(), max_requests=1))
+
+
+def test_what_the_taker_left_is_handed_back_in_order() -> None:
+    feed = ItemFeed(hold_seconds=FAR)
+    feed.put([("a", b"1"), ("b", b"2")])
+    feed.put([("c", b"3")])
+    assert feed.take(_deadline()) == [("a", b"1"), ("b", b"2")]
+    feed.put([("d", b"4")])
+    feed.end()
+    assert feed.untaken() == [("c", b"3"), ("d", b"4")]
+    assert feed.untaken() == []

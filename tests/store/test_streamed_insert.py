@@ -119,6 +119,23 @@ async def test_a_stalled_feed_is_rolled_back_after_its_hold(store: Store) -> Non
     await _nothing_stored(store)
 
 
+async def test_a_stalled_feed_hands_back_what_it_had_taken_where_the_store_reads_it_back(store: Store) -> None:
+    feed = ItemFeed(hold_seconds=0.5)
+    insert = _streamed(store, feed, max_requests=5000)
+    taken = _items("r", 0, 1500) + _items("r", 1500, 2500)  # a full statement and rows waiting for more
+    feed.put(taken[:1500])
+    feed.put(taken[1500:])
+    with pytest.raises(StreamedInsertUndoneError) as undone:
+        await insert
+    feed.put(_items("late", 0, 3))
+    assert feed.untaken() == _items("late", 0, 3)
+    if store.streamed_insert_reads_back:
+        assert undone.value.taken == taken
+    else:
+        assert undone.value.taken is None
+    await _nothing_stored(store)
+
+
 async def test_a_full_queue_refuses_it_at_the_end_and_stores_nothing(store: Store) -> None:
     await store.insert_batch(
         batch_id="msgbatch_q", workspace="w", created_at=1, expires_at=FAR_FUTURE, items=_items("q", 0, 60)
